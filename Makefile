@@ -1,0 +1,45 @@
+# weighted_mtp — every target creates .venv when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test test-slurm lint format setup demo bench seed-configs clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+setup: $(STAMP)
+	$(BIN)/python -m weighted_mtp setup
+
+# Write the seed's 8 flat config files (configs/<stage>/<stage>[_local].yaml) from conf/.
+seed-configs: $(STAMP)
+	for s in baseline critic verifiable rho1; do \
+	  mkdir -p configs/$$s; \
+	  $(BIN)/wmtp stage=$$s profile=vessl --cfg job > configs/$$s/$$s.yaml; \
+	  $(BIN)/wmtp stage=$$s profile=local --cfg job > configs/$$s/$${s}_local.yaml; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Typed config schema, override translation, loading and validation."""

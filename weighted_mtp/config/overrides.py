@@ -1,0 +1,106 @@
+"""Command-line overrides: the seed's ``key=value`` forms mapped onto Hydra's grammar.
+
+This is the one place where the seed's override syntax is translated. The seed
+accepts list indexes in brackets (``data_sampling.curriculum_schedule[0].epoch_range=[0.0,0.5]``);
+Hydra's grammar has no ``[i]`` key syntax but accepts the index as a path element
+(``data_sampling.curriculum_schedule.0.epoch_range=[0.0,0.5]``). Values are parsed
+by Hydra's override grammar, which reads them like YAML 1.2 (``5e-5`` is a float,
+``[0.0,0.5]`` a list, ``{low: 0.8}`` a dict, ``null`` None).
+"""
+
+from __future__ import annotations
+
+import re
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from weighted_mtp.errors import UserError
+
+_KEY_CHARS = re.compile(r"^[+~]{0,2}[A-Za-z_][\w\-./@\[\]]*$")
+_BRACKET_INDEX = re.compile(r"\[(\d+)\]")
+
+
+class OverrideError(UserError):
+    """A malformed ``key=value`` override."""
+
+
+def translate(override: str) -> str:
+    """Translate one seed-style override into Hydra's grammar.
+
+    ``a.b[0].c=v`` becomes ``a.b.0.c=v``; everything after the first ``=`` is kept
+    verbatim. Raises :class:`OverrideError` when the argument is not ``key=value``.
+    """
+    key, sep, value = override.partition("=")
+    key = key.strip()
+    if not sep or not key or not _KEY_CHARS.match(key):
+        raise OverrideError(
+            f"malformed override {override!r}: the form is key=value "
+            "(nested: key1.key2.key3=value, list items: key[0].field=value), "
+            "e.g. --override experiment.name=test"
+        )
+    key = _BRACKET_INDEX.sub(r".\1", key)
+    if "[" in key or "]" in key or ".." in key or key.endswith("."):
+        raise OverrideError(
+            f"malformed override key {key!r} in {override!r}: list indexes are written [N] "
+            "with a non-negative integer, e.g. data_sampling.curriculum_schedule[0].epoch_range"
+        )
+    return f"{key}={value}"
+
+
+def translate_all(overrides: list[str]) -> list[str]:
+    return [translate(o) for o in overrides]
+
+
+def looks_like_override(arg: str) -> bool:
+    """True for a command-line argument that is a ``key=value`` override (not a flag)."""
+    return not arg.startswith("-") and "=" in arg
+
+
+def parse(overrides: list[str]) -> list[Override]:
+    """Parse (already translated) overrides with Hydra's grammar."""
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise OverrideError(f"cannot parse override: {exc}") from None
+
+
+def apply(cfg: DictConfig, overrides: list[str]) -> None:
+    """Apply seed-style overrides to ``cfg`` in place, with the schema's type checks.
+
+    Supports ``key=value`` (the key must exist), ``+key=value`` (add), ``++key=value``
+    (add or replace) and ``~key`` (delete). Sweeps (``a=1,2``) are refused here: use
+    ``wmtp -m`` for those.
+    """
+    for original, ov in zip(overrides, parse(translate_all(overrides)), strict=True):
+        if ov.is_sweep_override():
+            raise OverrideError(
+                f"{original!r} is a sweep; the seed CLI runs one job. "
+                "Sweep with: wmtp -m " + original
+            )
+        key = ov.key_or_group
+        value = ov.value()
+        exists = OmegaConf.select(cfg, key, throw_on_missing=False, default=_ABSENT) is not _ABSENT
+        if ov.is_delete():
+            if not exists:
+                raise OverrideError(f"{original!r}: cannot delete {key!r}, it is not in the config")
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            del node[int(leaf) if leaf.isdigit() else leaf]
+            continue
+        if ov.is_add() and exists:
+            raise OverrideError(
+                f"{original!r}: {key!r} already exists; drop the '+' to change it"
+            )
+        if not ov.is_add() and not ov.is_force_add() and not exists:
+            raise OverrideError(f"{original!r}: no field {key!r} in the config")
+        OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())
+
+
+class _Absent:
+    pass
+
+
+_ABSENT = _Absent()

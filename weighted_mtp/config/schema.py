@@ -1,0 +1,152 @@
+"""Typed configuration schema (Hydra structured configs).
+
+Every section of the user's config reference is a dataclass here. The root
+``WmtpConfig`` is registered in Hydra's ConfigStore as ``wmtp_schema`` and sits
+first in ``conf/config.yaml``'s defaults list, so every YAML file and every
+command-line override is merged *onto* it: an unknown key (``training.batch_sz``)
+or a value of the wrong type (``training.batch_size=abc``) fails at composition
+time, naming the key.
+
+Required fields are ``MISSING`` (``???``); stage-specific fields are ``None``
+by default and are checked by :mod:`weighted_mtp.config.validate` for the stage
+that needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+SCHEMA_NAME = "wmtp_schema"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = MISSING
+    stage: str = MISSING
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    critic_checkpoint: str | None = None
+
+
+@dataclass
+class PolicyModelConfig:
+    name: str = ""
+    path: str = MISSING
+    tokenizer_path: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass
+class ReferenceModelConfig:
+    name: str = ""
+    path: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass
+class ModelsConfig:
+    policy: PolicyModelConfig = field(default_factory=PolicyModelConfig)
+    reference: ReferenceModelConfig = field(default_factory=ReferenceModelConfig)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    train: str = MISSING
+    validation: str = MISSING
+    max_length: int = 2048
+
+
+@dataclass
+class CurriculumPhase:
+    epoch_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    difficulty_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DataSamplingConfig:
+    n_samples: int = 100000
+    correct_ratio: float = 1.0
+    balance_correct: bool = False
+    seed: int = 42
+    curriculum_learning: bool = False
+    difficulty_bins: dict[str, list[int]] = field(
+        default_factory=lambda: {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
+    )
+    curriculum_schedule: list[CurriculumPhase] = field(default_factory=list)
+
+
+@dataclass
+class TrainingConfig:
+    n_epochs: float = MISSING
+    batch_size: int = MISSING
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = MISSING
+    max_grad_norm: float = 1.0
+    log_interval: int = 1
+    # verifiable (TD-error weighting)
+    beta: float | None = None
+    value_coef: float | None = None
+    weight_clip_min: float | None = None
+    weight_clip_max: float | None = None
+    # critic value loss
+    loss_type: str = "mse"
+    # rho1
+    temperature: float | None = None
+    k_percent: float | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    save_dir: str = "storage/checkpoints/${experiment.stage}/${experiment.name}"
+    save_checkpoint_every: float = 0.5
+    save_best: bool = True
+    save_final: bool = True
+    save_total_limit: int = 2
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    seed: int = 42
+    mixed_precision: bool = True
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""
+    experiment: str = ""
+    s3_artifacts: str = ""
+
+
+@dataclass
+class WmtpConfig:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data_sampling: DataSamplingConfig = field(default_factory=DataSamplingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def register_schema() -> None:
+    """Register the root schema in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=WmtpConfig)
+
+
+def structured(data: Any | None = None) -> DictConfig:
+    """Return ``data`` (a dict or DictConfig) merged onto the typed schema.
+
+    Raises omegaconf's ``ConfigKeyError`` / ``ValidationError`` for unknown keys
+    or values of the wrong type.
+    """
+    schema = OmegaConf.structured(WmtpConfig)
+    if data is None:
+        return schema
+    return OmegaConf.merge(schema, data)

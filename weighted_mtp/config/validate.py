@@ -1,0 +1,290 @@
+"""Cross-field validation of a composed config.
+
+``validate`` collects every problem and raises one :class:`ConfigValidationError`
+listing them all, each naming the field, the bad value and the fix. It runs for
+``validate-config`` and before any run starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from weighted_mtp.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOSS_TYPES = ("mse", "huber", "mae")
+REQUIRED = (
+    "experiment.name",
+    "experiment.stage",
+    "models.policy.path",
+    "dataset.name",
+    "dataset.train",
+    "dataset.validation",
+    "training.n_epochs",
+    "training.batch_size",
+    "training.learning_rate",
+)
+_SUM_TOL = 1e-6
+
+
+def available_stages() -> list[str]:
+    """Stage names: the files of the ``stage`` config group (``conf/stage/*.yaml``)."""
+    return sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    value: Any
+    rule: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field} = {self.value!r}: {self.rule}. Fix: {self.fix}"
+
+
+class ConfigValidationError(UserError):
+    def __init__(self, problems: list[Problem], source: str = "config") -> None:
+        self.problems = problems
+        lines = [f"Config validation failed: {source} ({len(problems)} problem(s))"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Checker:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[Problem] = []
+
+    def get(self, key: str) -> Any:
+        try:
+            return OmegaConf.select(self.cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            return None
+        except InterpolationResolutionError as exc:
+            self.add(key, "<interpolation>", f"cannot be resolved ({exc.msg})", "fix the ${...}")
+            return None
+
+    def add(self, key: str, value: Any, rule: str, fix: str) -> None:
+        self.problems.append(Problem(key, value, rule, fix))
+
+    def require(self, key: str, why: str = "is required") -> Any:
+        value = self.get(key)
+        if value is None or value == "":
+            self.add(key, value, why, f"set it, e.g. --override {key}=<value>")
+            return None
+        return value
+
+    def range(self, key: str, ok: bool, rule: str, example: str) -> None:
+        value = self.get(key)
+        if value is not None and not ok:
+            self.add(key, value, f"must satisfy {rule}", f"--override {key}={example}")
+
+    def choice(self, key: str, choices: tuple[str, ...] | list[str]) -> None:
+        value = self.get(key)
+        if value is not None and value not in choices:
+            self.add(
+                key,
+                value,
+                f"must be one of {', '.join(choices)}",
+                f"--override {key}={choices[0]}",
+            )
+
+    def path(self, key: str, what: str) -> None:
+        value = self.get(key)
+        if value and not Path(value).exists():
+            self.add(
+                key,
+                value,
+                f"{what} path does not exist",
+                f"create it (python -m weighted_mtp setup makes the micro assets) "
+                f"or --override {key}=<existing path>",
+            )
+
+
+def validate(cfg: DictConfig, *, check_paths: bool = True, source: str = "config") -> None:
+    """Raise :class:`ConfigValidationError` listing every problem in ``cfg``."""
+    c = _Checker(cfg)
+    for key in REQUIRED:
+        c.require(key)
+    stage = c.get("experiment.stage")
+    stages = available_stages()
+    if stage is not None and stage not in stages:
+        c.add("experiment.stage", stage, f"must be one of {', '.join(stages)}", "stage=baseline")
+
+    _check_ranges(c)
+    _check_stage_fields(c, stage)
+    _check_curriculum(c)
+    if check_paths:
+        c.path("models.policy.path", "policy model")
+        c.path("models.policy.tokenizer_path", "tokenizer")
+        c.path("dataset.train", "training data")
+        c.path("dataset.validation", "validation data")
+        if stage == "rho1":
+            c.path("models.reference.path", "reference model")
+        if stage == "verifiable":
+            c.path("experiment.critic_checkpoint", "critic checkpoint")
+    if c.problems:
+        raise ConfigValidationError(c.problems, source)
+
+
+def _num(c: _Checker, key: str) -> float | None:
+    value = c.get(key)
+    return None if value is None else float(value)
+
+
+def _check_ranges(c: _Checker) -> None:
+    lr = _num(c, "training.learning_rate")
+    c.range("training.learning_rate", lr is None or 0 < lr <= 1, "0 < learning_rate <= 1", "1e-5")
+    for key, example in (
+        ("training.batch_size", "8"),
+        ("training.n_epochs", "1.0"),
+        ("training.gradient_accumulation_steps", "1"),
+        ("training.max_grad_norm", "1.0"),
+        ("training.log_interval", "1"),
+        ("dataset.max_length", "2048"),
+        ("data_sampling.n_samples", "1000"),
+    ):
+        v = _num(c, key)
+        c.range(key, v is None or (v > 0 and math.isfinite(v)), "> 0", example)
+    for key in ("checkpoint.save_checkpoint_every", "checkpoint.save_total_limit"):
+        v = _num(c, key)
+        c.range(key, v is None or v >= 0, ">= 0 (0 turns it off)", "0")
+    ratio = _num(c, "data_sampling.correct_ratio")
+    c.range(
+        "data_sampling.correct_ratio",
+        ratio is None or 0 <= ratio <= 1,
+        "0 <= correct_ratio <= 1",
+        "0.5",
+    )
+    k = _num(c, "training.k_percent")
+    c.range("training.k_percent", k is None or 0 < k <= 1, "0 < k_percent <= 1", "0.6")
+    for key, example in (("training.temperature", "1.0"), ("training.beta", "0.9")):
+        v = _num(c, key)
+        c.range(key, v is None or v > 0, "> 0", example)
+    vc = _num(c, "training.value_coef")
+    c.range("training.value_coef", vc is None or vc >= 0, ">= 0", "0.5")
+    lo, hi = _num(c, "training.weight_clip_min"), _num(c, "training.weight_clip_max")
+    c.range("training.weight_clip_min", lo is None or lo >= 0, ">= 0", "0.1")
+    if lo is not None and hi is not None and not lo < hi:
+        c.add(
+            "training.weight_clip_min",
+            lo,
+            f"must be < training.weight_clip_max ({hi})",
+            "e.g. --override training.weight_clip_min=0.1 --override training.weight_clip_max=5.0",
+        )
+    batch, n = c.get("training.batch_size"), c.get("data_sampling.n_samples")
+    if batch is not None and n is not None and batch > n:
+        c.add(
+            "training.batch_size",
+            batch,
+            f"must be <= data_sampling.n_samples ({n})",
+            f"--override training.batch_size={n} or raise data_sampling.n_samples",
+        )
+    c.choice("models.policy.dtype", DTYPES)
+    c.choice("models.reference.dtype", DTYPES)
+    c.choice("training.loss_type", LOSS_TYPES)
+    device = c.get("runtime.device")
+    if device is not None and device.split(":")[0] not in DEVICES:
+        c.add("runtime.device", device, f"must be one of {', '.join(DEVICES)}", "runtime.device=auto")
+
+
+_STAGE_REQUIRED = {
+    "verifiable": (
+        "training.beta",
+        "training.value_coef",
+        "training.weight_clip_min",
+        "training.weight_clip_max",
+        "experiment.critic_checkpoint",
+    ),
+    "rho1": ("models.reference.path", "training.temperature", "training.k_percent"),
+    "critic": ("training.loss_type",),
+}
+
+
+def _check_stage_fields(c: _Checker, stage: str | None) -> None:
+    for key in _STAGE_REQUIRED.get(stage or "", ()):
+        c.require(key, f"is required for stage {stage}")
+
+
+def _check_curriculum(c: _Checker) -> None:
+    if not c.get("data_sampling.curriculum_learning"):
+        return
+    bins = c.get("data_sampling.difficulty_bins") or {}
+    spans: list[tuple[int, int, str]] = []
+    for name, span in bins.items():
+        key = f"data_sampling.difficulty_bins.{name}"
+        if len(span) != 2 or span[0] > span[1]:
+            c.add(key, list(span), "must be [low, high] with low <= high", f"{key}=[1,3]")
+            continue
+        spans.append((span[0], span[1], name))
+    spans.sort()
+    for (_, hi_a, a), (lo_b, _, b) in zip(spans, spans[1:], strict=False):
+        if lo_b <= hi_a:
+            c.add(
+                f"data_sampling.difficulty_bins.{b}",
+                list(bins[b]),
+                f"overlaps bin {a} {list(bins[a])}",
+                f"make bins disjoint, e.g. start {b} at {hi_a + 1}",
+            )
+
+    schedule = c.get("data_sampling.curriculum_schedule") or []
+    key = "data_sampling.curriculum_schedule"
+    if not schedule:
+        c.add(key, [], "must have at least one phase when curriculum_learning is true",
+              "add phases or --override data_sampling.curriculum_learning=false")
+        return
+    expected_start = 0.0
+    for i, phase in enumerate(schedule):
+        pk = f"{key}[{i}]"
+        rng = list(phase.epoch_range)
+        if len(rng) != 2 or not rng[0] < rng[1]:
+            c.add(f"{pk}.epoch_range", rng, "must be [start, end] with start < end",
+                  f"{pk}.epoch_range=[0.0,0.3]")
+        else:
+            if not math.isclose(rng[0], expected_start, abs_tol=_SUM_TOL):
+                c.add(
+                    f"{pk}.epoch_range",
+                    rng,
+                    f"must start where the previous phase ends ({expected_start}); phases are "
+                    "ordered and cover [0, 1] without gaps or overlaps",
+                    f"{pk}.epoch_range=[{expected_start},{rng[1]}]",
+                )
+            expected_start = rng[1]
+        weights = dict(phase.difficulty_weights)
+        for name, w in weights.items():
+            if name not in bins:
+                c.add(f"{pk}.difficulty_weights.{name}", w,
+                      f"names no difficulty bin (bins: {', '.join(bins)})",
+                      "use a bin name from data_sampling.difficulty_bins")
+            elif w < 0:
+                c.add(f"{pk}.difficulty_weights.{name}", w, "must be >= 0",
+                      f"{pk}.difficulty_weights.{name}=0.0")
+        total = sum(weights.values())
+        if not math.isclose(total, 1.0, abs_tol=_SUM_TOL):
+            c.add(f"{pk}.difficulty_weights", weights, f"must sum to 1 (sum is {total:g})",
+                  "rescale the phase's weights so they add up to 1")
+    if not math.isclose(expected_start, 1.0, abs_tol=_SUM_TOL):
+        c.add(f"{key}[{len(schedule) - 1}].epoch_range", list(schedule[-1].epoch_range),
+              "the last phase must end at 1.0 (phases cover [0, 1])",
+              f"{key}[{len(schedule) - 1}].epoch_range=[...,1.0]")
+
+
+def summary(cfg: DictConfig) -> str:
+    """The seed's success summary: experiment, stage, model, dataset."""
+    return "\n".join(
+        [
+            f"  - Experiment: {cfg.experiment.name}",
+            f"  - Stage: {cfg.experiment.stage}",
+            f"  - Model: {cfg.models.policy.path}",
+            f"  - Dataset: {cfg.dataset.name}",
+        ]
+    )
