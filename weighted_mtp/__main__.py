@@ -3,6 +3,10 @@
 Commands:
   train            --config FILE [--override key=value ...]   run the config's stage
   validate-config  --config FILE [--override key=value ...]   check a config, print a summary
+  setup / prepare / export / evaluate                         see ``--help`` of each
+
+Each command other than train / validate-config lives in its own module (``COMMANDS``),
+which exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 
 FILE is a flat YAML in the seed's shape: exactly what ``wmtp stage=X profile=Y --cfg job``
 prints. User errors exit with code 2 and a message, without a traceback.
@@ -11,6 +15,7 @@ prints. User errors exit with code 2 and a message, without a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -54,6 +59,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# command name -> module exposing HELP, add_arguments(parser), run(args) -> int
+COMMANDS: dict[str, str] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m weighted_mtp",
@@ -70,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(p)
         p.set_defaults(handler=handler)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
     return parser
 
 
