@@ -48,9 +48,16 @@ class ReferenceModelConfig:
 
 
 @dataclass
+class ValueHeadConfig:
+    type: str = "linear"  # linear | mlp
+    hidden_dim: int = 0  # mlp only; 0 = the model's dim
+
+
+@dataclass
 class ModelsConfig:
     policy: PolicyModelConfig = field(default_factory=PolicyModelConfig)
     reference: ReferenceModelConfig = field(default_factory=ReferenceModelConfig)
+    value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
 
 
 @dataclass
