@@ -21,6 +21,35 @@ from weighted_mtp.config.validate import CONF_DIR
 from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
 
 _task_started = False
+# Hydra flags whose value is the next argument (so that argument is not an override).
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
+
+
+def _translate_argv(argv: list[str]) -> list[str]:
+    """Translate seed-style overrides in ``argv``; a bare word must be ``key=value``."""
+    out: list[str] = []
+    takes_value = False
+    for arg in argv:
+        if takes_value or arg.startswith("-"):
+            out.append(arg)
+            takes_value = arg in _FLAGS_WITH_VALUE
+            continue
+        out.append(ov.translate(arg))  # raises OverrideError unless key=value
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -28,7 +57,7 @@ def _hydra_main(cfg: DictConfig) -> object:
     global _task_started
     _task_started = True
     try:
-        return app.run(structured(cfg), source="wmtp " + " ".join(sys.argv[1:]))
+        return app.run(structured(cfg), source=" ".join(["wmtp", *sys.argv[1:]]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
@@ -37,7 +66,7 @@ def _hydra_main(cfg: DictConfig) -> object:
 def main() -> None:
     register_schema()
     try:
-        args = [ov.translate(a) if ov.looks_like_override(a) else a for a in sys.argv[1:]]
+        args = _translate_argv(sys.argv[1:])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)

@@ -35,7 +35,8 @@ def translate(override: str) -> str:
     """
     key, sep, value = override.partition("=")
     key = key.strip()
-    if not sep or not key or not _KEY_CHARS.match(key):
+    deletion = key.startswith("~")  # Hydra's ``~key`` needs no value
+    if (not sep and not deletion) or not key or not _KEY_CHARS.match(key):
         raise OverrideError(
             f"malformed override {override!r}: the form is key=value "
             "(nested: key1.key2.key3=value, list items: key[0].field=value), "
@@ -47,16 +48,11 @@ def translate(override: str) -> str:
             f"malformed override key {key!r} in {override!r}: list indexes are written [N] "
             "with a non-negative integer, e.g. data_sampling.curriculum_schedule[0].epoch_range"
         )
-    return f"{key}={value}"
+    return f"{key}={value}" if sep else key
 
 
 def translate_all(overrides: list[str]) -> list[str]:
     return [translate(o) for o in overrides]
-
-
-def looks_like_override(arg: str) -> bool:
-    """True for a command-line argument that is a ``key=value`` override (not a flag)."""
-    return not arg.startswith("-") and "=" in arg
 
 
 def parse(overrides: list[str]) -> list[Override]:
@@ -91,9 +87,7 @@ def apply(cfg: DictConfig, overrides: list[str]) -> None:
             del node[int(leaf) if leaf.isdigit() else leaf]
             continue
         if ov.is_add() and exists:
-            raise OverrideError(
-                f"{original!r}: {key!r} already exists; drop the '+' to change it"
-            )
+            raise OverrideError(f"{original!r}: {key!r} already exists; drop the '+' to change it")
         if not ov.is_add() and not ov.is_force_add() and not exists:
             raise OverrideError(f"{original!r}: no field {key!r} in the config")
         OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())

@@ -194,7 +194,9 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("training.loss_type", LOSS_TYPES)
     device = c.get("runtime.device")
     if device is not None and device.split(":")[0] not in DEVICES:
-        c.add("runtime.device", device, f"must be one of {', '.join(DEVICES)}", "runtime.device=auto")
+        c.add(
+            "runtime.device", device, f"must be one of {', '.join(DEVICES)}", "runtime.device=auto"
+        )
 
 
 _STAGE_REQUIRED = {
@@ -239,16 +241,24 @@ def _check_curriculum(c: _Checker) -> None:
     schedule = c.get("data_sampling.curriculum_schedule") or []
     key = "data_sampling.curriculum_schedule"
     if not schedule:
-        c.add(key, [], "must have at least one phase when curriculum_learning is true",
-              "add phases or --override data_sampling.curriculum_learning=false")
+        c.add(
+            key,
+            [],
+            "must have at least one phase when curriculum_learning is true",
+            "add phases or --override data_sampling.curriculum_learning=false",
+        )
         return
     expected_start = 0.0
     for i, phase in enumerate(schedule):
         pk = f"{key}[{i}]"
         rng = list(phase.epoch_range)
         if len(rng) != 2 or not rng[0] < rng[1]:
-            c.add(f"{pk}.epoch_range", rng, "must be [start, end] with start < end",
-                  f"{pk}.epoch_range=[0.0,0.3]")
+            c.add(
+                f"{pk}.epoch_range",
+                rng,
+                "must be [start, end] with start < end",
+                f"{pk}.epoch_range=[0.0,0.3]",
+            )
         else:
             if not math.isclose(rng[0], expected_start, abs_tol=_SUM_TOL):
                 c.add(
@@ -262,20 +272,34 @@ def _check_curriculum(c: _Checker) -> None:
         weights = dict(phase.difficulty_weights)
         for name, w in weights.items():
             if name not in bins:
-                c.add(f"{pk}.difficulty_weights.{name}", w,
-                      f"names no difficulty bin (bins: {', '.join(bins)})",
-                      "use a bin name from data_sampling.difficulty_bins")
+                c.add(
+                    f"{pk}.difficulty_weights.{name}",
+                    w,
+                    f"names no difficulty bin (bins: {', '.join(bins)})",
+                    "use a bin name from data_sampling.difficulty_bins",
+                )
             elif w < 0:
-                c.add(f"{pk}.difficulty_weights.{name}", w, "must be >= 0",
-                      f"{pk}.difficulty_weights.{name}=0.0")
+                c.add(
+                    f"{pk}.difficulty_weights.{name}",
+                    w,
+                    "must be >= 0",
+                    f"{pk}.difficulty_weights.{name}=0.0",
+                )
         total = sum(weights.values())
         if not math.isclose(total, 1.0, abs_tol=_SUM_TOL):
-            c.add(f"{pk}.difficulty_weights", weights, f"must sum to 1 (sum is {total:g})",
-                  "rescale the phase's weights so they add up to 1")
+            c.add(
+                f"{pk}.difficulty_weights",
+                weights,
+                f"must sum to 1 (sum is {total:g})",
+                "rescale the phase's weights so they add up to 1",
+            )
     if not math.isclose(expected_start, 1.0, abs_tol=_SUM_TOL):
-        c.add(f"{key}[{len(schedule) - 1}].epoch_range", list(schedule[-1].epoch_range),
-              "the last phase must end at 1.0 (phases cover [0, 1])",
-              f"{key}[{len(schedule) - 1}].epoch_range=[...,1.0]")
+        c.add(
+            f"{key}[{len(schedule) - 1}].epoch_range",
+            list(schedule[-1].epoch_range),
+            "the last phase must end at 1.0 (phases cover [0, 1])",
+            f"{key}[{len(schedule) - 1}].epoch_range=[...,1.0]",
+        )
 
 
 def summary(cfg: DictConfig) -> str:

@@ -1,0 +1,129 @@
+"""Every validation rule has a failing case whose message is checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from weighted_mtp.config.loader import compose
+from weighted_mtp.config.validate import ConfigValidationError, validate
+
+
+def problems(overrides: list[str], path_overrides: list[str], check_paths: bool = True) -> str:
+    cfg = compose([*path_overrides, *overrides])
+    with pytest.raises(ConfigValidationError) as info:
+        validate(cfg, check_paths=check_paths)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "needle"),
+    [
+        (["training.learning_rate=0"], "training.learning_rate", "0 < learning_rate <= 1"),
+        (["training.learning_rate=1.5"], "training.learning_rate", "0 < learning_rate <= 1"),
+        (["training.batch_size=0"], "training.batch_size", "> 0"),
+        (["training.n_epochs=-1"], "training.n_epochs", "> 0"),
+        (["training.gradient_accumulation_steps=0"], "training.gradient_accumulation_steps", "> 0"),
+        (["training.max_grad_norm=0"], "training.max_grad_norm", "> 0"),
+        (["stage=rho1", "training.k_percent=0"], "training.k_percent", "0 < k_percent <= 1"),
+        (["stage=rho1", "training.k_percent=1.2"], "training.k_percent", "0 < k_percent <= 1"),
+        (["stage=rho1", "training.temperature=0"], "training.temperature", "> 0"),
+        (["stage=verifiable", "training.beta=-0.1"], "training.beta", "> 0"),
+        (
+            ["stage=verifiable", "training.weight_clip_min=5", "training.weight_clip_max=1"],
+            "training.weight_clip_min",
+            "must be < training.weight_clip_max",
+        ),
+        (["data_sampling.correct_ratio=1.5"], "data_sampling.correct_ratio", "0 <= correct_ratio"),
+        (
+            ["training.batch_size=600", "data_sampling.n_samples=500"],
+            "training.batch_size",
+            "must be <= data_sampling.n_samples (500)",
+        ),
+        (["stage=critic", "training.loss_type=l1"], "training.loss_type", "mse, huber, mae"),
+        (["models.policy.dtype=float64"], "models.policy.dtype", "float32, float16, bfloat16"),
+        (["runtime.device=tpu"], "runtime.device", "auto, cpu, cuda, mps"),
+        (["experiment.name="], "experiment.name", "is required"),
+        (["stage=verifiable", "training.beta=null"], "training.beta", "required for stage"),
+        (["stage=verifiable", "training.value_coef=null"], "training.value_coef", "required"),
+        (["stage=verifiable", "training.weight_clip_max=null"], "training.weight_clip_max", "req"),
+        (["stage=rho1", "models.reference.path=null"], "models.reference.path", "required"),
+        (["stage=rho1", "training.temperature=null"], "training.temperature", "required"),
+        (["stage=rho1", "training.k_percent=null"], "training.k_percent", "required"),
+    ],
+)
+def test_rule_fails_with_field_and_fix(overrides, field, needle, path_overrides) -> None:
+    text = problems(overrides, path_overrides)
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"- {field} ="))
+    assert needle in line
+    assert "Fix:" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [
+        ("models.policy.path", "policy model"),
+        ("models.policy.tokenizer_path", "tokenizer"),
+        ("dataset.train", "training data"),
+        ("dataset.validation", "validation data"),
+    ],
+)
+def test_missing_paths_are_reported(key, what, path_overrides, tmp_path) -> None:
+    text = problems([f"{key}={tmp_path / 'nowhere'}"], path_overrides)
+    assert f"{key} = '{tmp_path / 'nowhere'}': {what} path does not exist" in text
+
+
+def test_stage_specific_paths(path_overrides, tmp_path) -> None:
+    text = problems(["stage=rho1", f"models.reference.path={tmp_path}/x"], path_overrides)
+    assert "models.reference.path" in text and "reference model path does not exist" in text
+    text = problems(
+        ["stage=verifiable", f"experiment.critic_checkpoint={tmp_path}/c.pt"], path_overrides
+    )
+    assert "critic checkpoint path does not exist" in text
+
+
+def test_all_problems_are_reported_together(path_overrides) -> None:
+    text = problems(
+        ["training.learning_rate=2", "training.batch_size=0", "data_sampling.correct_ratio=-1"],
+        path_overrides,
+    )
+    assert "(3 problem(s))" in text
+
+
+CURRICULUM = "data_sampling.curriculum_schedule"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["data_sampling.difficulty_bins.medium=[3,7]"], "overlaps bin low"),
+        (["data_sampling.difficulty_bins.medium=[7,4]"], "low <= high"),
+        ([f"{CURRICULUM}[0].difficulty_weights.low=-0.1"], "must be >= 0"),
+        ([f"{CURRICULUM}[0].difficulty_weights.low=0.9"], "must sum to 1 (sum is 1.2)"),
+        ([f"+{CURRICULUM}[0].difficulty_weights.huge=0.0"], "names no difficulty bin"),
+        ([f"{CURRICULUM}[1].epoch_range=[0.4,0.7]"], "must start where the previous phase ends"),
+        ([f"{CURRICULUM}[0].epoch_range=[0.1,0.3]"], "must start where the previous phase ends"),
+        ([f"{CURRICULUM}[2].epoch_range=[0.7,0.9]"], "the last phase must end at 1.0"),
+        ([f"{CURRICULUM}[1].epoch_range=[0.7,0.3]"], "start < end"),
+        ([f"{CURRICULUM}=[]"], "at least one phase"),
+    ],
+)
+def test_curriculum_rules(overrides, needle, path_overrides) -> None:
+    assert needle in problems(["stage=verifiable", *overrides], path_overrides)
+
+
+def test_curriculum_is_checked_only_when_enabled(path_overrides) -> None:
+    cfg = compose(
+        [
+            *path_overrides,
+            "stage=verifiable",
+            "data_sampling.curriculum_learning=false",
+            f"{CURRICULUM}[0].difficulty_weights.low=0.9",
+        ]
+    )
+    validate(cfg)
+
+
+def test_unknown_stage(path_overrides) -> None:
+    assert "must be one of baseline, critic, rho1, verifiable" in problems(
+        ["experiment.stage=ppo"], path_overrides
+    )
