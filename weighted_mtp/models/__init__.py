@@ -1,0 +1,1 @@
+"""Models: the Meta-layout MTP transformer, its formats, tokenizer, value head, reference."""

@@ -1,0 +1,221 @@
+"""Memory-efficient weighted multi-token prediction loss.
+
+Shapes: B batch, S sequence, D model dim, n heads (``model.n_future_tokens``), V vocab.
+Head k (0-based) at position t predicts token t+k+1. The loss is
+
+    sum_k sum_t  w[t, k] * CE_k(t)  over valid targets  /  denominator
+
+``mtp_loss`` runs head after head against a detached trunk output and computes the
+vocabulary projection + CE in chunks of ``chunk_size`` tokens, so at most one chunk of
+fp32 logits [chunk, V] exists at a time (the paper's O(V) instead of O(n·V) trick).
+
+Backward protocol (``backward=True``)::
+
+    h = model.trunk(input_ids, attention_mask)          # once per step, graph attached
+    out = mtp_loss(model, h, attention_mask, targets, weights)
+    backward_trunk(h, out, value_loss)                  # = h.backward(out.trunk_grad)
+
+``mtp_loss`` already back-propagated into the head blocks, the shared norm and ``output``
+(their ``.grad`` accumulate); ``out.trunk_grad`` is dLoss/dh, which the caller sends once
+through the trunk, together with any other loss on ``h`` (e.g. the value head's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from weighted_mtp.models.mtp import MTPTransformer
+
+IGNORE_INDEX = -100
+WeightFn = Callable[[int, Tensor], Tensor]
+"""weight_fn(k, ce) -> weights: k = head index, ce = that head's detached per-token CE
+[B,S] (0 at invalid targets); returns weights [B,S] (treated as constants)."""
+
+
+@dataclass
+class MTPLossOutput:
+    """Result of ``mtp_loss`` / ``naive_mtp_loss``.
+
+    loss: 0-dim fp32 (detached for ``mtp_loss``; attached for ``naive_mtp_loss``).
+    head_ce: [n] mean unweighted CE per head over its valid targets (0 where none).
+    head_loss: [n] sum(w*CE)/denominator per head (sums to ``loss``), detached.
+    n_valid: number of valid (head, token) targets. head_valid: [n] the same per head.
+    token_ce: [B,S,n] detached per-token CE (0 at invalid targets) if asked, else None.
+    trunk_grad: [B,S,D] dLoss/d trunk_hidden (``mtp_loss`` with backward=True), else None.
+    """
+
+    loss: Tensor
+    head_ce: Tensor
+    head_loss: Tensor
+    n_valid: int
+    head_valid: Tensor
+    token_ce: Tensor | None = None
+    trunk_grad: Tensor | None = None
+
+
+def mtp_targets(labels: Tensor, n: int) -> Tensor:
+    """labels [B,S] (token ids, -100 on prompt/padding) -> targets [B,S,n].
+
+    targets[b, t, k] = labels[b, t+k+1], or -100 past the end of the sequence.
+    """
+    b, s = labels.shape
+    out = labels.new_full((b, s, n), IGNORE_INDEX)
+    for k in range(n):
+        if k + 1 < s:
+            out[:, : s - k - 1, k] = labels[:, k + 1 :]
+    return out
+
+
+def _denominator(denominator: float | Tensor | None, n_valid: int) -> float | Tensor:
+    return max(n_valid, 1) if denominator is None else denominator
+
+
+def _chunk_ce(model: MTPTransformer, z: Tensor, tgt: Tensor) -> Tensor:
+    """Per-token CE of normed hidden rows z [N,D] against targets [N] (fp32 logits)."""
+    return F.cross_entropy(model.output(z).float(), tgt, reduction="none")
+
+
+def mtp_loss(
+    model: MTPTransformer,
+    trunk_hidden: Tensor,
+    attention_mask: Tensor | None,
+    targets: Tensor,
+    weights: Tensor | WeightFn | None = None,
+    *,
+    denominator: float | Tensor | None = None,
+    chunk_size: int = 1024,
+    backward: bool = True,
+    return_token_ce: bool = False,
+) -> MTPLossOutput:
+    """Weighted MTP loss, head by head, vocabulary projection in chunks.
+
+    trunk_hidden [B,S,D] (``model.trunk`` output; it is detached here, never modified);
+    attention_mask [B,S] or None; targets [B,S,n] (``mtp_targets``); weights [B,S,n], a
+    ``WeightFn`` (called per head with that head's CE, computed first under no_grad), or
+    None (all 1). denominator: float or 0-dim tensor (default: number of valid targets).
+    chunk_size: tokens per logits chunk (valid tokens only are projected).
+    backward=True back-propagates into the head parameters and returns ``trunk_grad``
+    (see the module docstring); backward=False computes values only (validation).
+    """
+    n = model.n_future_tokens
+    b, s, d = trunk_hidden.shape
+    if targets.shape != (b, s, n):
+        raise ValueError(f"targets shape {tuple(targets.shape)} != {(b, s, n)}")
+    valid = targets != IGNORE_INDEX
+    head_valid = valid.sum(dim=(0, 1))
+    n_valid = int(head_valid.sum())
+    denom = _denominator(denominator, n_valid)
+    h = trunk_hidden.detach().requires_grad_(backward)
+    ctx = model.context(s, trunk_hidden.device, attention_mask)
+    head_ce = torch.zeros(n, dtype=torch.float32, device=h.device)
+    head_loss = torch.zeros(n, dtype=torch.float32, device=h.device)
+    token_ce = torch.zeros(b * s, n, device=h.device) if return_token_ce else None
+
+    for k in range(n):
+        tgt = targets[..., k].reshape(-1)
+        idx = valid[..., k].reshape(-1).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        with torch.set_grad_enabled(backward):
+            z = model.head_hidden(k, h, ctx=ctx).reshape(b * s, d)
+        zd = z.detach()
+        w = None
+        if callable(weights):
+            ce_k = torch.zeros(b * s, device=h.device)
+            with torch.no_grad():
+                for c in idx.split(chunk_size):
+                    ce_k[c] = _chunk_ce(model, zd[c], tgt[c])
+            w = weights(k, ce_k.view(b, s)).detach().reshape(-1).float()
+        elif weights is not None:
+            w = weights[..., k].detach().reshape(-1).float()
+        gz = torch.zeros_like(zd) if backward else None
+        for c in idx.split(chunk_size):
+            zc = zd[c].requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
+                ce = _chunk_ce(model, zc, tgt[c])
+                part = (ce if w is None else ce * w[c]).sum() / denom
+            if backward:
+                part.backward()
+                gz.index_copy_(0, c, zc.grad)
+            head_loss[k] += part.detach()
+            head_ce[k] += ce.detach().sum()
+            if token_ce is not None:
+                token_ce[c, k] = ce.detach()
+        if backward:
+            z.backward(gz)
+        head_ce[k] /= idx.numel()
+
+    trunk_grad = None
+    if backward:
+        trunk_grad = h.grad if h.grad is not None else torch.zeros_like(h)
+    return MTPLossOutput(
+        loss=head_loss.sum(),
+        head_ce=head_ce,
+        head_loss=head_loss,
+        n_valid=n_valid,
+        head_valid=head_valid,
+        token_ce=token_ce.view(b, s, n) if token_ce is not None else None,
+        trunk_grad=trunk_grad,
+    )
+
+
+def backward_trunk(trunk_hidden: Tensor, out: MTPLossOutput, *extra_losses: Tensor) -> None:
+    """Finish ``mtp_loss``'s backward: one pass through the trunk (plus extra losses)."""
+    if out.trunk_grad is None:
+        raise ValueError("mtp_loss was called with backward=False: no trunk gradient")
+    tensors = [trunk_hidden, *extra_losses]
+    grads = [out.trunk_grad, *([None] * len(extra_losses))]
+    torch.autograd.backward(tensors, grads)
+
+
+def naive_mtp_loss(
+    model: MTPTransformer,
+    trunk_hidden: Tensor,
+    attention_mask: Tensor | None,
+    targets: Tensor,
+    weights: Tensor | WeightFn | None = None,
+    *,
+    denominator: float | Tensor | None = None,
+    return_token_ce: bool = False,
+) -> MTPLossOutput:
+    """Reference implementation: all heads' full [B,S,n,V] fp32 logits at once.
+
+    Same arguments and values as ``mtp_loss``; ``loss`` stays attached to the graph, so the
+    caller runs ``out.loss.backward()``. For tests and the benchmark.
+    """
+    n = model.n_future_tokens
+    b, s, _ = trunk_hidden.shape
+    ctx = model.context(s, trunk_hidden.device, attention_mask)
+    logits = torch.stack(
+        [model.output(model.head_hidden(k, trunk_hidden, ctx=ctx)) for k in range(n)], dim=2
+    ).float()
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(b, s, n)
+    valid = targets != IGNORE_INDEX
+    head_valid = valid.sum(dim=(0, 1))
+    n_valid = int(head_valid.sum())
+    if callable(weights):
+        w = torch.stack([weights(k, ce[..., k].detach()) for k in range(n)], dim=-1)
+    else:
+        w = torch.ones_like(ce) if weights is None else weights
+    head_loss = (ce * w.detach().float() * valid).sum(dim=(0, 1)) / _denominator(
+        denominator, n_valid
+    )
+    head_ce = ce.detach().sum(dim=(0, 1)) / head_valid.clamp(min=1)
+    return MTPLossOutput(
+        loss=head_loss.sum(),
+        head_ce=head_ce,
+        head_loss=head_loss.detach(),
+        n_valid=n_valid,
+        head_valid=head_valid,
+        token_ce=ce.detach() if return_token_ce else None,
+    )
