@@ -1,0 +1,112 @@
+"""Weighting objects: uniform, TD error (REFERENCE §6), Rho-1 top-k selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from weighted_mtp.weighting import (
+    Rho1Weighting,
+    TDErrorWeighting,
+    UniformWeighting,
+    WeightingInputs,
+)
+from weighted_mtp.weighting.base import token_to_head_weights
+from weighted_mtp.weighting.rho1 import top_excess_mask
+from weighted_mtp.weighting.td import td_errors
+
+
+def make_inputs(values=None, ref_ce=None) -> WeightingInputs:
+    # one row: 2 prompt tokens, 3 response tokens, 1 pad; n = 2 heads
+    labels = torch.tensor([[-100, -100, 7, 8, 9, -100]])
+    targets = torch.full((1, 6, 2), -100)
+    for k in range(2):
+        targets[:, : 6 - k - 1, k] = labels[:, k + 1 :]
+    return WeightingInputs(
+        targets=targets,
+        response_mask=labels != -100,
+        reward=torch.tensor([1.0]),
+        values=values,
+        ref_ce=ref_ce,
+    )
+
+
+def test_uniform_is_the_valid_mask() -> None:
+    inp = make_inputs()
+    assert torch.equal(UniformWeighting().weights(inp), inp.valid.float())
+    assert UniformWeighting().denominator(inp.valid) == inp.valid.sum()
+
+
+def test_token_to_head_weights_shifts_by_head() -> None:
+    w = torch.arange(5.0)[None]
+    out = token_to_head_weights(w, 3)
+    assert out[0, :, 0].tolist() == [1, 2, 3, 4, 0]
+    assert out[0, :, 1].tolist() == [2, 3, 4, 0, 0]
+    assert out[0, :, 2].tolist() == [3, 4, 0, 0, 0]
+
+
+def test_td_errors_follow_the_formula() -> None:
+    v = torch.tensor([[0.0, 0.2, 0.5, 0.4, 0.9, 0.0]])  # V(s0)=0.2 at pos 1 (last prompt)
+    inp = make_inputs(values=v)
+    delta = td_errors(v, inp.reward, inp.response_mask, gamma=0.9)
+    # x1 at pos 2: 0.9*V(s1) - V(s0); x2 at pos 3: 0.9*V(s2) - V(s1); x3 (last): R - V(s2)
+    expected = [0, 0, 0.9 * 0.5 - 0.2, 0.9 * 0.4 - 0.5, 1.0 - 0.4, 0]
+    assert delta[0].tolist() == pytest.approx(expected)
+
+
+def test_td_weights_clip_and_constant() -> None:
+    v = torch.tensor([[0.0, 0.2, 0.5, 0.4, 0.9, 0.0]], requires_grad=True)
+    inp = make_inputs(values=v)
+    weighting = TDErrorWeighting(beta=0.5, clip_min=0.9, clip_max=1.2, gamma=1.0)
+    w = weighting.weights(inp)
+    assert not w.requires_grad
+    raw = [math.exp((0.5 - 0.2) / 0.5), math.exp((0.4 - 0.5) / 0.5), math.exp((1 - 0.4) / 0.5)]
+    clipped = [min(max(r, 0.9), 1.2) for r in raw]
+    # head 0 at position t weights token t+1: tokens at 2, 3, 4 -> positions 1, 2, 3
+    assert w[0, 1:4, 0].tolist() == pytest.approx(clipped)
+    assert w[0, 0, 0] == 0 and w[0, 4:, 0].sum() == 0  # prompt target / no target
+    assert w[0, 0:3, 1].tolist() == pytest.approx(clipped)
+    stats = weighting.stats()
+    assert stats["weight/clipped_max"] == pytest.approx(2 / 3)
+    assert stats["weight/clipped_min"] == pytest.approx(1 / 3)
+    assert stats["weight/max"] == pytest.approx(1.2)
+
+
+def test_td_large_beta_gives_uniform() -> None:
+    v = torch.rand(1, 6)
+    inp = make_inputs(values=v)
+    w = TDErrorWeighting(beta=1e9, clip_min=0.1, clip_max=5.0).weights(inp)
+    assert torch.allclose(w, inp.valid.float())
+
+
+def test_top_excess_mask_keeps_ceil_k_highest() -> None:
+    excess = torch.tensor([[5.0, 1.0, 3.0, 2.0, 9.0]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    keep = top_excess_mask(excess, valid, 0.5)
+    assert keep.tolist() == [[True, False, True, False, False]]
+    assert top_excess_mask(excess, valid, 1.0).tolist() == valid.tolist()
+    assert top_excess_mask(excess, valid, 0.1).sum() == 1
+
+
+def test_rho1_uses_the_reference_ce_of_each_heads_target() -> None:
+    ref = torch.tensor([[0.0, 0.0, 1.0, 5.0, 0.0, 0.0]])  # CE_ref of tokens at pos 2, 3, 4
+    inp = make_inputs(ref_ce=ref)
+    weighting = Rho1Weighting(k_percent=0.33)
+    fn = weighting.weights(inp)
+    ce = torch.full((1, 6), 2.0)
+    w0 = fn(0, ce)  # head 0 targets tokens at 2, 3, 4: excess 1, -3, 2 -> keep token 4
+    assert w0[0].tolist() == [0, 0, 0, 1, 0, 0]
+    w1 = fn(1, ce)  # head 1 targets tokens 3, 4 from positions 1, 2 -> excess -3, 2
+    assert w1[0].tolist() == [0, 0, 1, 0, 0, 0]
+    assert weighting.denominator(inp.valid) == 1 + 1
+
+
+def test_rho1_full_k_is_uniform() -> None:
+    inp = make_inputs(ref_ce=torch.rand(1, 6))
+    weighting = Rho1Weighting(k_percent=1.0)
+    fn = weighting.weights(inp)
+    for k in range(2):
+        assert torch.equal(fn(k, torch.rand(1, 6)), inp.valid[..., k].float())
+    assert weighting.denominator(inp.valid) == inp.valid.sum()

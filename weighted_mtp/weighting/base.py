@@ -1,0 +1,93 @@
+"""The weighting interface.
+
+A weighting maps one micro-batch to the weights of the MTP loss. Head ``k``
+(0-based) at position ``t`` predicts token ``t + k + 1``; its target is ``targets[b, t, k]``
+(``-100`` where there is none: prompt, padding, past the end). The loss is::
+
+    sum(weights * CE * valid) / denominator
+
+so a weighting also says what the loss is averaged over (``denominator``). To plug in
+your own, subclass :class:`Weighting` and point ``weighting._target_`` at the class;
+extra keys of the ``weighting`` config node are passed to its constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# (head index k, detached per-token CE of head k [B, S]) -> weights of head k [B, S]
+HeadWeightFn = Callable[[int, Tensor], Tensor]
+
+
+@dataclass
+class WeightingInputs:
+    """What a weighting may look at for one micro-batch.
+
+    targets: [B, S, n] long, target token of head k at position t, or -100.
+    response_mask: [B, S] bool, positions that hold a response token.
+    reward: [B] float, outcome reward R (1.0 correct, 0.0 incorrect).
+    values: [B, S] float, V(s_t) from the value head at each position (detached), or None.
+    ref_ce: [B, S] float, the reference model's next-token CE of the token *at* each
+        position (0 where there is none), or None.
+    """
+
+    targets: Tensor
+    response_mask: Tensor
+    reward: Tensor
+    values: Tensor | None = None
+    ref_ce: Tensor | None = None
+
+    @property
+    def valid(self) -> Tensor:
+        return self.targets != -100
+
+
+class Weighting:
+    """Base class: uniform denominator, no extra inputs, no statistics."""
+
+    needs_values: bool = False
+    needs_reference: bool = False
+
+    def weights(self, inputs: WeightingInputs) -> Tensor | HeadWeightFn:
+        """Per-head per-token weights [B, S, n] (constant w.r.t. gradients), or a
+        function of each head's per-token CE (see :data:`HeadWeightFn`)."""
+        raise NotImplementedError
+
+    def denominator(self, valid: Tensor) -> Tensor:
+        """What the loss averages over, given the valid-target mask [B, S, n]."""
+        return valid.sum()
+
+    def stats(self) -> dict[str, float]:
+        """Statistics of the last call, for logging (``weight/...``)."""
+        return {}
+
+
+def token_to_head_weights(token_weights: Tensor, n_heads: int) -> Tensor:
+    """Spread weights indexed by token position [B, S] onto heads: out[b, t, k] = w[b, t+k+1].
+
+    Positions past the end get 0 (they have no target).
+    """
+    b, s = token_weights.shape
+    out = token_weights.new_zeros(b, s, n_heads)
+    for k in range(n_heads):
+        if k + 1 < s:
+            out[:, : s - k - 1, k] = token_weights[:, k + 1 :]
+    return out
+
+
+def masked_stats(x: Tensor, mask: Tensor, prefix: str) -> dict[str, float]:
+    """mean/std/min/max of ``x`` where ``mask`` is true."""
+    v = x[mask].float()
+    if v.numel() == 0:
+        return {}
+    std = v.std(unbiased=False) if v.numel() > 1 else torch.zeros(())
+    return {
+        f"{prefix}/mean": v.mean().item(),
+        f"{prefix}/std": std.item(),
+        f"{prefix}/min": v.min().item(),
+        f"{prefix}/max": v.max().item(),
+    }
