@@ -1,0 +1,1 @@
+"""Evaluation of generated programs: sandboxed execution (``sandbox``) and pass@k (``passk``)."""
