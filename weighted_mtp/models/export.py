@@ -1,0 +1,164 @@
+"""Export the next-token model (trunk + ``layers[-1]``) as a transformers LlamaForCausalLM.
+
+Also the ``python -m weighted_mtp export --checkpoint PATH --to hf OUT`` command (``HELP``,
+``add_arguments``, ``run``). PATH: a Meta directory or a safetensors checkpoint; a state
+dict + ``ModelArgs`` (e.g. from a training checkpoint) goes through ``export_hf_state_dict``.
+
+Meta applies RoPE to interleaved pairs, HF Llama to split halves, so wq / wk are permuted
+per head: ``w.view(h, hd // 2, 2, dim).transpose(1, 2).reshape(h * hd, dim)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from weighted_mtp.errors import UserError
+from weighted_mtp.models.formats import check_state_dict, read_checkpoint, resolve_dtype
+from weighted_mtp.models.mtp import ModelArgs
+from weighted_mtp.models.tokenizer import TOKENIZER_FILE
+
+HELP = "export a policy checkpoint's next-token model to Hugging Face Llama format"
+_BLOCK_KEYS = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+
+
+def permute_rope(w: Tensor, n_heads: int) -> Tensor:
+    """Meta (interleaved pairs) -> HF (rotate-half) row order of a q/k projection."""
+    rows, dim = w.shape
+    hd = rows // n_heads
+    return w.view(n_heads, hd // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
+
+
+def hf_state_dict(sd: Mapping[str, Tensor], args: ModelArgs) -> dict[str, Tensor]:
+    """Meta MTP keys -> LlamaForCausalLM keys (trunk + next-token head; extra heads dropped)."""
+    n_kv = int(args.n_kv_heads or args.n_heads)
+    out = {
+        "model.embed_tokens.weight": sd["tok_embeddings.weight"],
+        "model.norm.weight": sd["norm.weight"],
+        "lm_head.weight": sd["output.weight"],
+    }
+    for i in range(args.n_layers - args.n_future_tokens + 1):
+        for src, dst in _BLOCK_KEYS.items():
+            w = sd[f"layers.{i}.{src}"]
+            if src == "attention.wq.weight":
+                w = permute_rope(w, args.n_heads)
+            elif src == "attention.wk.weight":
+                w = permute_rope(w, n_kv)
+            out[f"model.layers.{i}.{dst}"] = w
+    return out
+
+
+def hf_config(args: ModelArgs, dtype: torch.dtype, max_position_embeddings: int = 4096) -> dict:
+    """config.json of the equivalent LlamaForCausalLM (readable by transformers 4.x and 5.x)."""
+    dt = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.dim,
+        "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_layers - args.n_future_tokens + 1,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": int(args.n_kv_heads or args.n_heads),
+        "head_dim": args.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "max_position_embeddings": int(args.extra.get("max_seq_len", max_position_embeddings)),
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "dtype": dt,
+        "torch_dtype": dt,
+    }
+
+
+def write_hf_tokenizer(tokenizer_file: Path, out_dir: Path) -> None:
+    """Copy a Llama SentencePiece model with a LlamaTokenizer config beside it."""
+    shutil.copyfile(tokenizer_file, out_dir / TOKENIZER_FILE)
+    cfg: dict[str, Any] = {
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+    }  # fmt: skip
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def export_hf_state_dict(
+    sd: Mapping[str, Tensor],
+    args: ModelArgs,
+    out_dir: str | Path,
+    dtype: str | torch.dtype | None = None,
+    tokenizer_file: Path | None = None,
+) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer) of the next-token model."""
+    check_state_dict(sd, args, "export source")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dt = resolve_dtype(dtype) if dtype is not None else sd["output.weight"].dtype
+    tensors = {k: v.detach().to(dt).contiguous() for k, v in hf_state_dict(sd, args).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(args, dt), indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2) + "\n"
+    )
+    if tokenizer_file is not None:
+        write_hf_tokenizer(tokenizer_file, out)
+    return out
+
+
+def export_hf(
+    checkpoint_or_meta_dir: str | Path, out_dir: str | Path, dtype: str | torch.dtype | None = None
+) -> Path:
+    """Export a Meta directory or safetensors checkpoint (tokenizer copied when found)."""
+    src = Path(checkpoint_or_meta_dir)
+    args, sd = read_checkpoint(src)
+    base = src if src.is_dir() else src.parent
+    tok = next(
+        (p for p in (base / TOKENIZER_FILE, base / "tokenizer" / TOKENIZER_FILE) if p.is_file()),
+        None,
+    )
+    return export_hf_state_dict(sd, args, out_dir, dtype, tok)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="Meta model directory or safetensors checkpoint",
+    )
+    parser.add_argument("--to", required=True, choices=["hf"], help="target format")
+    parser.add_argument("out", metavar="OUT", help="output directory")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    src = Path(args.checkpoint)
+    if not src.exists():
+        raise UserError(f"--checkpoint {src} does not exist")
+    out = export_hf(src, args.out, args.dtype)
+    print(f"exported {src} -> {out} (LlamaForCausalLM, next-token head)")
+    return 0
