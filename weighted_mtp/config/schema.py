@@ -45,6 +45,8 @@ class ReferenceModelConfig:
     name: str = ""
     path: str | None = None
     dtype: str = "float32"
+    # where the reference's per-token losses are cached (rho1), one subdir per cache key
+    cache_dir: str = "storage/cache/reference"
 
 
 @dataclass
@@ -95,6 +97,15 @@ class TrainingConfig:
     learning_rate: float = MISSING
     max_grad_norm: float = 1.0
     log_interval: int = 1
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_ratio: float = 0.0  # share of optimizer steps spent warming up linearly
+    min_lr_ratio: float = 0.0  # cosine/linear decay floor, as a share of learning_rate
+    eval_samples: int = 64  # validation records scored at each checkpoint interval
+    activation_checkpointing: bool = False
+    # value head targets (critic, verifiable): TD(lambda); gamma=lam=1 is Monte-Carlo R
+    gamma: float = 1.0
+    lam: float = 1.0
     # verifiable (TD-error weighting)
     beta: float | None = None
     value_coef: float | None = None
@@ -114,6 +125,7 @@ class CheckpointConfig:
     save_best: bool = True
     save_final: bool = True
     save_total_limit: int = 2
+    resume: str = ""  # "" (start fresh) | auto (latest in save_dir) | a checkpoint path
 
 
 @dataclass
@@ -121,6 +133,7 @@ class RuntimeConfig:
     device: str = "auto"
     seed: int = 42
     mixed_precision: bool = True
+    amp_dtype: str = "bfloat16"  # bfloat16 (autocast) | float16 (autocast + grad scaler)
 
 
 @dataclass
@@ -140,6 +153,9 @@ class WmtpConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    # The weighting object, built by hydra.utils.instantiate from its _target_
+    # (conf/stage/*.yaml); None for the critic stage, which has no MTP loss.
+    weighting: Any = None
 
 
 def register_schema() -> None:

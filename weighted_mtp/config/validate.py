@@ -21,6 +21,9 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOSS_TYPES = ("mse", "huber", "mae")
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+AMP_DTYPES = ("bfloat16", "float16")
+VALUE_HEADS = ("linear", "mlp")
 REQUIRED = (
     "experiment.name",
     "experiment.stage",
@@ -152,12 +155,26 @@ def _check_ranges(c: _Checker) -> None:
         ("training.log_interval", "1"),
         ("dataset.max_length", "2048"),
         ("data_sampling.n_samples", "1000"),
+        ("training.eval_samples", "64"),
     ):
         v = _num(c, key)
         c.range(key, v is None or (v > 0 and math.isfinite(v)), "> 0", example)
-    for key in ("checkpoint.save_checkpoint_every", "checkpoint.save_total_limit"):
+    for key, rule in (
+        ("checkpoint.save_checkpoint_every", ">= 0 (0: no periodic checkpoints)"),
+        ("checkpoint.save_total_limit", ">= 0 (0: keep every periodic checkpoint)"),
+        ("training.weight_decay", ">= 0"),
+        ("models.value_head.hidden_dim", ">= 0 (0: the model's dim)"),
+    ):
         v = _num(c, key)
-        c.range(key, v is None or v >= 0, ">= 0 (0 turns it off)", "0")
+        c.range(key, v is None or v >= 0, rule, "0")
+    w = _num(c, "training.warmup_ratio")
+    c.range("training.warmup_ratio", w is None or 0 <= w < 1, "0 <= warmup_ratio < 1", "0.05")
+    m = _num(c, "training.min_lr_ratio")
+    c.range("training.min_lr_ratio", m is None or 0 <= m <= 1, "0 <= min_lr_ratio <= 1", "0.1")
+    lam = _num(c, "training.lam")
+    c.range("training.lam", lam is None or 0 <= lam <= 1, "0 <= lam <= 1", "1.0")
+    g = _num(c, "training.gamma")
+    c.range("training.gamma", g is None or 0 < g <= 1, "0 < gamma <= 1", "1.0")
     ratio = _num(c, "data_sampling.correct_ratio")
     c.range(
         "data_sampling.correct_ratio",
@@ -192,6 +209,17 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("models.policy.dtype", DTYPES)
     c.choice("models.reference.dtype", DTYPES)
     c.choice("training.loss_type", LOSS_TYPES)
+    c.choice("training.lr_scheduler", LR_SCHEDULERS)
+    c.choice("runtime.amp_dtype", AMP_DTYPES)
+    c.choice("models.value_head.type", VALUE_HEADS)
+    resume = c.get("checkpoint.resume")
+    if resume and resume != "auto" and not Path(resume).is_file():
+        c.add(
+            "checkpoint.resume",
+            resume,
+            "is not a checkpoint file",
+            '--override checkpoint.resume=auto, a checkpoint path, or "" to start fresh',
+        )
     device = c.get("runtime.device")
     if device is not None and device.split(":")[0] not in DEVICES:
         c.add(
