@@ -1,0 +1,264 @@
+"""Sandboxed execution: verdicts, limits, guards, process cleanup, secrets and concurrency."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from weighted_mtp.evaluation.sandbox import (
+    Limits,
+    check_function,
+    check_stdio,
+    humaneval_program,
+    normalize_output,
+    run_many,
+    run_program,
+)
+
+FAST = Limits(timeout_s=5.0, memory_mb=512)
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def live_in_session_or_group(sid: int) -> list[int]:
+    """Independent /proc scan: live processes whose pgid or sid is ``sid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[0] not in "ZX" and sid in (int(stat[2]), int(stat[3])):
+            found.append(int(entry))
+    return found
+
+
+def test_correct_program_passes_and_output_is_whitespace_normalised() -> None:
+    src = "a, b = map(int, input().split())\nprint(a + b, ' ')\nprint()\n"
+    tests = [{"input": "1 2\n", "output": "3"}, {"input": "10 -4", "output": "6\n\n\n"}]
+    assert check_stdio(src, tests, FAST) == check_stdio(src, tests, FAST)
+    res = check_stdio(src, tests, FAST)
+    assert res.passed and res.n_passed == 2 and res.n_tests == 2 and res.first_failure is None
+    assert normalize_output("a  \r\nb\t\n\n") == "a\nb"
+    assert normalize_output("  a") == "  a"  # leading whitespace is significant
+
+
+def test_wrong_program_fails_and_stops_at_first_failure() -> None:
+    src = "import time\nn = int(input())\nif n == 3: time.sleep(30)\nprint(n * 2)\n"
+    tests = [
+        {"input": "1", "output": "2"},
+        {"input": "2", "output": "5"},  # wrong: program prints 4
+        {"input": "3", "output": "6"},  # would hang until the timeout if it were run
+    ]
+    start = time.monotonic()
+    res = check_stdio(src, tests, Limits(timeout_s=10.0))
+    assert time.monotonic() - start < 5.0
+    assert not res.passed and res.n_passed == 1 and res.n_tests == 3
+    fail = res.first_failure
+    assert fail is not None and fail.index == 1 and fail.status == "ok"
+    assert (fail.input, fail.expected, fail.got.strip()) == ("2", "5", "4")
+    crash = check_stdio("raise ValueError('boom')", [{"input": "", "output": ""}], FAST)
+    assert crash.first_failure is not None and crash.first_failure.status == "error"
+    assert "ValueError: boom" in crash.first_failure.stderr
+    with pytest.raises(ValueError):
+        check_stdio(src, [], FAST)
+
+
+def test_check_function_humaneval_style() -> None:
+    prompt = "def add(a, b):\n"
+    test = (
+        "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+    )
+    good = humaneval_program(prompt, "    return a + b\n", test, "add")
+    bad = humaneval_program(prompt, "    return a - b\n", test, "add")
+    assert check_function(good, FAST).passed
+    res = check_function(bad, FAST)
+    assert not res.passed and res.first_failure is not None
+    assert "AssertionError" in res.first_failure.stderr
+
+
+def test_hang_times_out_within_budget() -> None:
+    start = time.monotonic()
+    res = run_program("print('started', flush=True)\nwhile True:\n    pass\n", "", Limits(1.0))
+    assert res.status == "timeout" and time.monotonic() - start < 2.5
+    assert 1.0 <= res.wall_time < 2.0 and res.stdout == "started\n"
+
+
+def test_cpu_limit_stops_busy_loop_before_wall_timeout() -> None:
+    res = run_program("while True:\n    pass\n", "", Limits(timeout_s=20.0, cpu_s=1))
+    assert res.status == "timeout" and res.wall_time < 10.0
+
+
+@pytest.mark.parametrize(
+    "src",
+    ["x = bytearray(10 ** 10)\n", "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)\n"],
+)
+def test_memory_bomb_is_contained(src: str) -> None:
+    res = run_program(src, "", Limits(timeout_s=10.0, memory_mb=256))
+    assert res.status == "memory"
+    assert run_program("print(sum(range(10)))", "", FAST).stdout == "45\n"
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "import os\nwhile True:\n    os.fork()\n",
+        "import os\nos.system(':(){ :|:& };:')\n",
+        "import subprocess\nsubprocess.run(['sh', '-c', 'sleep 60 &'])\n",
+        "import multiprocessing as mp\nwhile True:\n    mp.Process(target=print).start()\n",
+        "import os\nos.posix_spawn('/bin/sleep', ['sleep', '60'], {})\n",
+        "import os\nos.execv('/bin/sh', ['sh'])\n",
+        "import pty\npty.fork()\n",
+        "import os\nos.setsid()\n",
+        "import os\nos.kill(os.getppid(), 9)\n",
+        "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n",
+    ],
+)
+def test_process_creation_and_escape_are_blocked(src: str) -> None:
+    res = run_program("import os\nprint(os.getpid(), flush=True)\n" + src, "", FAST)
+    assert res.status == "blocked" and "sandbox: blocked" in res.stderr
+    assert live_in_session_or_group(int(res.stdout.split()[0])) == []
+
+
+def test_ctypes_is_unavailable() -> None:
+    res = run_program("import ctypes\n", "", FAST)
+    assert res.status == "error" and "ctypes" in res.stderr
+
+
+@pytest.mark.parametrize("hang", [False, True])
+def test_leftover_children_are_killed_even_without_guards(hang: bool) -> None:
+    src = (
+        "import os, time\nprint(os.getpid(), flush=True)\n"
+        "for i in range(4):\n"
+        "    if os.fork() == 0:\n"
+        "        if i == 0:\n            os.setpgid(0, 0)  # leave the group, stay in the session\n"
+        "        if i == 1 and os.fork():\n            os._exit(0)  # orphaned grandchild\n"
+        "        time.sleep(60)\n        os._exit(0)\n"
+        f"time.sleep({60 if hang else 0.2})\n"
+    )
+    res = run_program(src, "", Limits(timeout_s=1.5, guards=False))
+    assert res.status == ("timeout" if hang else "ok")
+    assert res.wall_time < 3.0
+    assert live_in_session_or_group(int(res.stdout.split()[0])) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK), reason="needs root + system python"
+)
+def test_real_fork_bomb_under_unprivileged_uid(tmp_path: Path) -> None:
+    limits = Limits(timeout_s=1.5, guards=False, run_as=65534, python=SYSTEM_PYTHON, max_procs=16)
+    bomb = (
+        "import os, time\nprint(os.getpid(), flush=True)\nwhile True:\n"
+        "    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
+    )
+    res = run_program(bomb, "", limits)
+    assert res.status == "timeout" and res.wall_time < 3.0
+    assert live_in_session_or_group(int(res.stdout.split()[0])) == []
+    target = tmp_path / "owned.txt"
+    res = run_program(f"open({str(target)!r}, 'w').write('x')\n", "", limits)
+    assert res.status == "error" and "PermissionError" in res.stderr and not target.exists()
+
+
+def test_file_system_outside_work_dir_is_protected(tmp_path: Path) -> None:
+    target = tmp_path / "pwned.txt"
+    sentinel = tmp_path / "keep.txt"
+    sentinel.write_text("precious")
+    attacks = [
+        f"open({str(target)!r}, 'w').write('x')",
+        f"import pathlib; pathlib.Path({str(target)!r}).write_text('x')",
+        f"import os; os.close(os.open({str(target)!r}, os.O_CREAT | os.O_WRONLY))",
+        f"import os; os.symlink({str(target)!r}, 'link'); open('link', 'w').write('x')",
+        f"import io; io.FileIO({str(target)!r}, 'w')",
+        f"import os; os.remove({str(sentinel)!r})",
+        f"import os; os.rename({str(sentinel)!r}, 'stolen.txt')",
+        f"import shutil; shutil.rmtree({str(tmp_path)!r})",
+        f"import os; os.chmod({str(sentinel)!r}, 0)",
+        "import os; os.chdir('/')",
+    ]
+    for src in attacks:
+        res = run_program(src, "", FAST)
+        assert res.status == "blocked", (src, res)
+    assert not target.exists() and sentinel.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_work_dir_is_usable_private_and_removed() -> None:
+    src = (
+        "import os, shutil, tempfile\nprint(os.getcwd())\n"
+        "os.makedirs('a/b')\nopen('a/b/f.txt', 'w').write('hi')\n"
+        "with tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\n"
+        "shutil.rmtree('a')\nos.mkdir('locked')\nos.chmod('locked', 0)\n"
+        "print(os.path.exists('a'), open('/dev/null', 'w').write('x'))\n"
+    )
+    res = run_program(src, "", FAST)
+    assert res.status == "ok", res.stderr
+    cwd, rest = res.stdout.split("\n", 1)
+    assert "wmtp-sandbox-" in cwd and rest == "False 1\n"
+    assert not os.path.exists(cwd) and not os.path.exists(os.path.dirname(cwd))
+
+
+def test_environment_secrets_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekrit-aws-123")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "sekrit-mlflow-456")
+    res = run_program("import os\nfor k, v in sorted(os.environ.items()):\n    print(k, v)\n")
+    assert res.status == "ok" and "sekrit" not in res.stdout
+    assert "AWS_" not in res.stdout and "MLFLOW" not in res.stdout and "PATH " in res.stdout
+    res = run_program("import os\nprint(open(f'/proc/{os.getppid()}/environ').read())\n")
+    assert res.status == "blocked" and "sekrit" not in res.stdout + res.stderr
+
+
+def test_self_kill_and_exit_do_not_affect_evaluator() -> None:
+    assert run_program("import os\nos.kill(os.getpid(), 9)\n", "", FAST).status == "killed"
+    assert run_program("import os\nos.abort()\n", "", FAST).status == "killed"
+    res = run_program("import os\nos._exit(5)\n", "", FAST)
+    assert res.status == "error" and res.returncode == 5
+    assert run_program("print(input())", "still fine", FAST).stdout == "still fine\n"
+
+
+def test_output_is_capped() -> None:
+    res = run_program("print('x' * 10**6)", "", Limits(max_output_bytes=1000))
+    assert res.status == "ok" and res.truncated and len(res.stdout) == 1000
+    fail = check_stdio("print('x' * 10**6)", [{"input": "", "output": "x" * 1000}], Limits(2.0))
+    assert not fail.passed
+
+
+def test_run_many_respects_bound_and_keeps_order() -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    def job(i: int) -> str:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        try:
+            return run_program(f"import time\ntime.sleep(0.3)\nprint({i})\n", "", FAST).stdout
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    start = time.monotonic()
+    out = run_many([partial(job, i) for i in range(6)], max_workers=2)
+    assert out == [f"{i}\n" for i in range(6)]
+    assert state["max"] == 2
+    assert time.monotonic() - start >= 0.9  # 3 waves of 0.3 s
+    checks = run_many(
+        [partial(check_stdio, "print(input())", [{"input": s, "output": s}]) for s in "ab"]
+    )
+    assert [c.passed for c in checks] == [True, True]
+    with pytest.raises(ValueError):
+        run_many([], max_workers=0)
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError):
+        Limits(timeout_s=0)
+    with pytest.raises(ValueError):
+        Limits(memory_mb=-1)
+    with pytest.raises(ValueError):
+        Limits(cpu_s=0)
