@@ -42,7 +42,6 @@ def live_in_session_or_group(sid: int) -> list[int]:
 def test_correct_program_passes_and_output_is_whitespace_normalised() -> None:
     src = "a, b = map(int, input().split())\nprint(a + b, ' ')\nprint()\n"
     tests = [{"input": "1 2\n", "output": "3"}, {"input": "10 -4", "output": "6\n\n\n"}]
-    assert check_stdio(src, tests, FAST) == check_stdio(src, tests, FAST)
     res = check_stdio(src, tests, FAST)
     assert res.passed and res.n_passed == 2 and res.n_tests == 2 and res.first_failure is None
     assert normalize_output("a  \r\nb\t\n\n") == "a\nb"
