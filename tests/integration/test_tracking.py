@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from mlflow import MlflowClient
 
 from tests.helpers.servers import (
     OFFLINE_ENV,
@@ -31,6 +31,9 @@ from weighted_mtp.training.tracking import (
     Tracker,
     create_tracker,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 LOGGER = "weighted_mtp.training.tracking"
 
@@ -54,6 +57,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield server
     server.stop()
+
+
+def read_client(uri: str) -> MlflowClient:
+    """A separate MlflowClient to read what a tracker wrote (mlflow imported lazily, after
+    the telemetry opt-out is in the environment)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
 
 
 def make_cfg(uri: str, run: str = "run-1", **mlflow: Any) -> Any:
@@ -119,6 +130,7 @@ def check_run(client: MlflowClient, tracker: MlflowTracker, run_name: str = "run
     history = client.get_metric_history(tracker.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
     assert artifact_paths(client, tracker.run_id) == {
+        "config.yaml",
         "report.txt",
         "checkpoints/step-3/meta.json",
         "config/resolved.yaml",
@@ -136,6 +148,12 @@ def test_null_tracker_when_disabled_or_not_rank_zero(tmp_path: Path) -> None:
     assert not store.exists()
 
 
+def test_mlflow_telemetry_is_off() -> None:
+    from mlflow.telemetry.client import get_telemetry_client
+
+    assert get_telemetry_client() is None
+
+
 def test_http_server_run_round_trip(mlflow_server: ServerProcess, tmp_path: Path) -> None:
     cfg = make_cfg(mlflow_server.url, experiment="wmtp-http")
     first = create_tracker(cfg)
@@ -145,11 +163,12 @@ def test_http_server_run_round_trip(mlflow_server: ServerProcess, tmp_path: Path
     many = {f"extra.p{i:03d}": "x" * (PARAM_VALUE_MAX + 50 if i == 0 else 3) for i in range(250)}
     first.log_params(many)  # 3 batches of <= 100
     second.log_metrics({"train/loss": 9.0}, step=7)  # interleaved with the first run
+    second.log_metrics({"grad_norm": float("nan"), "skipped": "n/a"}, step=7)
     log_some(first, tmp_path)
     first.finish()
     second.finish("FAILED")
 
-    client = MlflowClient(tracking_uri=mlflow_server.url)
+    client = read_client(mlflow_server.url)
     check_run(client, first)
     params = client.get_run(first.run_id).data.params
     assert sum(k.startswith("extra.") for k in params) == 250
@@ -157,7 +176,8 @@ def test_http_server_run_round_trip(mlflow_server: ServerProcess, tmp_path: Path
     other = client.get_run(second.run_id)
     assert other.info.status == "FAILED" and other.info.run_name == "run-2"
     assert [m.step for m in client.get_metric_history(second.run_id, "train/loss")] == [7]
-    assert "lr" not in other.data.metrics
+    assert "lr" not in other.data.metrics and "skipped" not in other.data.metrics
+    assert math.isnan(other.data.metrics["grad_norm"])
     exp = client.get_experiment_by_name("wmtp-http")
     assert exp is not None and exp.experiment_id == other.info.experiment_id
     assert exp.artifact_location.startswith("mlflow-artifacts:")
@@ -170,9 +190,10 @@ def test_sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(tracker, MlflowTracker) and tracker.active
     log_some(tracker, tmp_path)
     tracker.log_params({"experiment.stage": "critic"})  # rejected (params are immutable) ...
+    tracker.log_artifact(tmp_path / "no-such-file.txt")  # a caller's mistake, same
     assert tracker.active  # ... but a rejected request does not switch tracking off
     tracker.finish()
-    client = MlflowClient(tracking_uri=uri)
+    client = read_client(uri)
     check_run(client, tracker)
     assert client.get_experiment_by_name(DEFAULT_EXPERIMENT) is not None
 
@@ -189,7 +210,7 @@ def test_local_path_store(tmp_path: Path, form: str) -> None:
     assert isinstance(tracker, MlflowTracker) and tracker.active
     log_some(tracker, tmp_path)
     tracker.finish()
-    check_run(MlflowClient(tracking_uri=store.as_uri()), tracker)
+    check_run(read_client(store.as_uri()), tracker)
     assert store.is_dir()
 
 
@@ -220,7 +241,7 @@ def test_s3_artifacts_with_moto(
         log_some(tracker, tmp_path)
         tracker.finish()
 
-        client = MlflowClient(tracking_uri=mlflow_server.url)
+        client = read_client(mlflow_server.url)
         exp = client.get_experiment_by_name("wmtp-s3")
         assert exp is not None and exp.artifact_location == "s3://wmtp-artifacts/mlflow/wmtp-s3"
         check_run(client, tracker)  # lists the artifacts through MLflow's S3 repository

@@ -21,12 +21,13 @@ Config -> MLflow mapping:
 * a plain local path -> an absolute ``file:`` URI (mlflow's file store; mlflow 3.x only
   opens it with ``MLFLOW_ALLOW_FILE_STORE=true``, which is set then unless already set;
   prefer ``sqlite:///path/mlflow.db``);
-* the resolved config -> params with dotted keys, lists stringified, values cut to 500
-  characters, sent 100 per call.
+* the resolved config -> params with dotted keys, lists/dicts as JSON, values cut to 500
+  characters, sent 100 per call; and the whole config, uncut, as artifact ``config.yaml``.
 
-Robustness: tracking must never stop training. Every call catches its errors; the first
-failure that is not a rejected request (server down at start, server gone mid-run) logs
-one ``logging.warning`` and turns every later call into a no-op. To keep that first
+Robustness: tracking must never stop training. Every call catches its errors. A request
+the store rejects (4xx: a changed param value, a bad key) is warned about once per kind
+of call and tracking goes on; any other failure (server down at start, server gone
+mid-run) logs one ``logging.warning`` and turns every later call into a no-op. To keep that first
 failure short, the MLflow HTTP client's retry/timeout environment variables get small
 defaults (only where the user has not set them; see ``HTTP_ENV_DEFAULTS``).
 """
@@ -38,10 +39,10 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -56,6 +57,7 @@ PARAM_VALUE_MAX = 500  # MLflow < 2.x servers reject longer values; newer allow 
 PARAMS_PER_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+CONFIG_ARTIFACT = "config.yaml"
 
 #: No telemetry: mlflow 3.x reads MLFLOW_DISABLE_TELEMETRY, and DO_NOT_TRACK == "true"
 #: (only the string "true" counts there, "1" does not).
@@ -74,6 +76,10 @@ HTTP_ENV_DEFAULTS = {
 FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- :/]")
+
+# mlflow starts its telemetry client when imported: opt out before anything imports it.
+for _key, _value in TELEMETRY_ENV_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 
 
 @runtime_checkable
@@ -95,6 +101,10 @@ class Tracker(Protocol):
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
+
+    def __enter__(self) -> Tracker: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None: ...
 
 
 class NullTracker:
@@ -129,7 +139,7 @@ class NullTracker:
     def __enter__(self) -> NullTracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.finish("FAILED" if exc_type else "FINISHED")
 
 
@@ -158,6 +168,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self._disabled = False
         self._finished = False
+        self._rejected: set[str] = set()
         self._client: MlflowClient | None = None
         try:
             from mlflow import MlflowClient
@@ -213,6 +224,9 @@ class MlflowTracker:
     ) -> None:
         """Upload a file or a directory's contents under ``artifact_path``."""
         path = Path(local_path)
+        if not path.exists():  # a caller's mistake, not a tracking failure
+            self._reject("log an artifact", FileNotFoundError(f"no such file: {path}"))
+            return
         if path.is_dir():
             self._call("log artifacts", self._run_call, "log_artifacts", str(path), artifact_path)
         else:
@@ -248,12 +262,7 @@ class MlflowTracker:
     def __enter__(self) -> MlflowTracker:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.finish("FAILED" if exc_type else "FINISHED")
 
     # -- internals -------------------------------------------------------------------------
@@ -298,10 +307,16 @@ class MlflowTracker:
             return True
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             if _is_rejected_request(exc):
-                log.warning("tracking: MLflow rejected the request to %s: %s", what, exc)
+                self._reject(what, exc)
             else:
                 self._disable(what, exc)
             return False
+
+    def _reject(self, what: str, exc: BaseException) -> None:
+        """Warn once per kind of call about a request that cannot succeed; keep tracking."""
+        if self.active and what not in self._rejected:
+            self._rejected.add(what)
+            log.warning("tracking: could not %s: %s", what, _short(exc))
 
     def _disable(self, what: str, exc: BaseException) -> None:
         if not self._disabled:
@@ -318,6 +333,8 @@ class MlflowTracker:
 
 def create_tracker(cfg: DictConfig, rank: int = 0) -> Tracker:
     """Build the tracker that ``cfg.mlflow`` asks for; only rank 0 gets a real one."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
     mlflow_cfg = cfg.get("mlflow") or {}
     uri = str(mlflow_cfg.get("tracking_uri") or "").strip()
     if rank != 0 or not uri:
@@ -332,7 +349,9 @@ def create_tracker(cfg: DictConfig, rank: int = 0) -> Tracker:
         tags=run_tags(cfg),
         artifact_location=f"{s3}/{experiment}" if s3 else None,
     )
-    tracker.log_params(flatten_config(cfg))
+    plain = _plain(cfg)
+    tracker.log_params(dict(_flatten(plain, "")))
+    tracker.log_dict(plain, CONFIG_ARTIFACT)  # the whole config, values uncut
     return tracker
 
 
@@ -374,6 +393,11 @@ def configure_mlflow_env() -> None:
     """Set telemetry opt-outs and short HTTP retries/timeouts unless already set."""
     for key, value in {**TELEMETRY_ENV_DEFAULTS, **HTTP_ENV_DEFAULTS}.items():
         os.environ.setdefault(key, value)
+    if "mlflow.telemetry" in sys.modules:  # imported before the opt-out: drop its client
+        with contextlib.suppress(Exception):
+            from mlflow.telemetry import set_telemetry_client
+
+            set_telemetry_client()
 
 
 # -- helpers -----------------------------------------------------------------------------
