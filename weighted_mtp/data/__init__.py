@@ -1,0 +1,1 @@
+"""Processed data: record schema, index, readers, sampling, collation, dataset builders."""

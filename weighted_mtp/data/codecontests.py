@@ -1,0 +1,213 @@
+"""``deepmind/code_contests`` parquet shards -> processed ``train/valid/test.jsonl``.
+
+Streams each shard in small pyarrow batches (only the needed columns; the huge
+``generated_tests`` column is never read), so memory stays bounded. Per problem:
+
+- kept: Python 3 and Python 2 solutions (``metadata.language``, ``metadata.python2``),
+  correct and incorrect; C++, Java and unknown languages are dropped;
+- instruction = description; input = the first ``n_examples`` public tests as examples;
+- duplicates (same text after stripping trailing whitespace) are dropped: a repeat with
+  the same label is a ``duplicate``, an incorrect copy of a correct solution a
+  ``label_conflict``;
+- with a tokenizer and ``max_length``, records longer than ``max_length`` tokens (the
+  collate template, BOS and EOS included) are dropped as ``too_long``;
+- ``metadata.tests``: the public tests; in valid/test also the private tests.
+
+Counts per reason are returned and printed per split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from weighted_mtp.data.collate import Tokenizer, format_prompt
+from weighted_mtp.data.index import JsonlWriter
+from weighted_mtp.data.records import Record, format_examples
+from weighted_mtp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+LANGUAGES = {0: "unknown", 1: "python2", 2: "cpp", 3: "python3", 4: "java"}
+PLATFORMS = {
+    0: "unknown",
+    1: "codechef",
+    2: "codeforces",
+    3: "hackerearth",
+    4: "codejam",
+    5: "unknown",
+    6: "atcoder",
+    7: "aizu",
+}
+COLUMNS = [
+    "name",
+    "description",
+    "public_tests",
+    "source",
+    "difficulty",
+    "solutions",
+    "incorrect_solutions",
+    "cf_rating",
+    "cf_tags",
+]
+
+
+def find_shards(raw_dir: str | Path) -> dict[str, list[Path]]:
+    """Parquet shards per split, by file-name prefix (``train-00000-of-00039.parquet``)."""
+    raw = Path(raw_dir)
+    if not raw.is_dir():
+        raise UserError(
+            f"--raw {raw}: not a directory. Point it at the downloaded "
+            "deepmind/code_contests folder (with its *.parquet shards)."
+        )
+    shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
+    for f in sorted(raw.rglob("*.parquet")):
+        split = f.name.split("-", 1)[0].split(".", 1)[0]
+        if split in shards:
+            shards[split].append(f)
+        else:
+            log.warning("%s: not a train/valid/test shard name; ignored", f)
+    if not any(shards.values()):
+        raise UserError(f"--raw {raw}: no train-*/valid-*/test-*.parquet shards found")
+    return shards
+
+
+def _normalize(code: str) -> str:
+    return "\n".join(line.rstrip() for line in code.strip().splitlines())
+
+
+def _tests(t: dict[str, Any] | None) -> list[dict[str, str]]:
+    if not t:
+        return []
+    return [{"input": i, "output": o} for i, o in zip(t["input"], t["output"], strict=False)]
+
+
+class _Converter:
+    def __init__(
+        self, split: str, tokenizer: Tokenizer | None, max_length: int | None, n_examples: int
+    ) -> None:
+        self.split, self.tokenizer, self.max_length = split, tokenizer, max_length
+        self.n_examples = n_examples
+        self.counts: Counter[str] = Counter()
+
+    def problem(self, row: dict[str, Any]) -> Iterator[Record]:
+        self.counts["problems"] += 1
+        public = _tests(row["public_tests"])
+        tests = public + (_tests(row.get("private_tests")) if self.split != "train" else [])
+        instruction = (row["description"] or "").strip()
+        example_text = format_examples(public[: self.n_examples])
+        prompt_len = None
+        if self.tokenizer is not None:
+            prompt_len = 2 + len(self.tokenizer.encode(format_prompt(instruction, example_text)))
+        meta = {
+            "source": "codecontests",
+            "origin": PLATFORMS.get(row["source"] or 0, "unknown"),
+            "difficulty": int(row["difficulty"] or 0),
+            "problem_id": row["name"],
+            "cf_rating": int(row["cf_rating"] or 0),
+            "cf_tags": list(row["cf_tags"] or []),
+            "split": self.split,
+            "tests": tests,
+        }
+        seen: dict[str, bool] = {}
+        for label, key in ((True, "solutions"), (False, "incorrect_solutions")):
+            sols = row[key] or {"language": [], "solution": []}
+            for j, (lang, code) in enumerate(zip(sols["language"], sols["solution"], strict=False)):
+                language = LANGUAGES.get(lang, "unknown")
+                if language not in ("python3", "python2"):
+                    self.counts[f"dropped_language_{language}"] += 1
+                    continue
+                if not instruction or not code.strip():
+                    self.counts["dropped_empty"] += 1
+                    continue
+                norm = _normalize(code)
+                if norm in seen:
+                    reason = "duplicate" if seen[norm] == label else "label_conflict"
+                    self.counts[f"dropped_{reason}"] += 1
+                    continue
+                seen[norm] = label
+                if prompt_len is not None and self.max_length is not None:
+                    n_tokens = prompt_len + len(self.tokenizer.encode(code))
+                    if n_tokens > self.max_length:
+                        self.counts["dropped_too_long"] += 1
+                        continue
+                kind = "correct" if label else "incorrect"
+                self.counts[f"written_{kind}"] += 1
+                yield Record(
+                    instruction=instruction,
+                    input=example_text,
+                    output=code,
+                    task_id=f"{row['name']}/{kind}/{j}",
+                    is_correct=label,
+                    metadata={**meta, "language": language, "python2": language == "python2"},
+                )
+
+
+def convert_split(
+    shards: list[Path],
+    out_path: Path,
+    split: str,
+    tokenizer: Tokenizer | None = None,
+    max_length: int | None = None,
+    n_examples: int = 2,
+    progress: bool = True,
+    batch_size: int = 8,
+) -> Counter[str]:
+    """Convert one split's shards into ``out_path`` (+ index); return the counts."""
+    conv = _Converter(split, tokenizer, max_length, n_examples)
+    columns = COLUMNS + (["private_tests"] if split != "train" else [])
+    files = [pq.ParquetFile(f) for f in shards]
+    total = sum(f.metadata.num_rows for f in files)
+    with (
+        JsonlWriter(out_path) as writer,
+        tqdm(
+            total=total, desc=f"codecontests {split}", unit="problem", disable=not progress
+        ) as bar,
+    ):
+        for f in files:
+            for batch in f.iter_batches(batch_size=batch_size, columns=columns):
+                for row in batch.to_pylist():
+                    for rec in conv.problem(row):
+                        writer.write(rec)
+                bar.update(batch.num_rows)
+    return conv.counts
+
+
+def prepare_codecontests(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    max_length: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    n_examples: int = 2,
+    progress: bool = True,
+) -> dict[str, Counter[str]]:
+    """Convert every split found under ``raw_dir``; return counts per split."""
+    if (max_length is None) != (tokenizer is None):
+        raise UserError(
+            "--max-length and --tokenizer go together: the length is counted in "
+            "tokens of that tokenizer; give both or neither"
+        )
+    out = Path(out_dir)
+    stats = {}
+    for split, shards in find_shards(raw_dir).items():
+        if shards:
+            stats[split] = convert_split(
+                shards, out / f"{split}.jsonl", split, tokenizer, max_length, n_examples, progress
+            )
+    return stats
+
+
+def format_counts(stats: dict[str, Counter[str]]) -> str:
+    """One line per split: problems, written records, dropped per reason."""
+    lines = []
+    for split, c in stats.items():
+        parts = [f"{k}={v}" for k, v in sorted(c.items())]
+        lines.append(f"{split}: " + " ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""A compact index beside each processed jsonl, so nothing parses the whole file to sample.
+
+``train.jsonl`` -> ``train.index.npz`` holding one structured numpy array ``rows``
+(one row per valid record, in file order) and the problem-id table:
+
+=========== ======= ==============================================
+column      dtype   meaning
+=========== ======= ==============================================
+offset      int64   byte offset of the line in the jsonl
+length      int32   byte length of the line (without the newline)
+line        int64   1-based line number in the file
+is_correct  bool    the record's label
+difficulty  int16   ``metadata.difficulty``
+problem     int32   position of ``metadata.problem_id`` in ``problems``
+=========== ======= ==============================================
+
+A row number is a *record id*: the sampler yields them and ``ProcessedDataset`` reads
+them. The index also stores the jsonl's byte size; a size mismatch means it is stale and
+it is rebuilt (streaming, one line at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+from weighted_mtp.data.records import ReadStats, Record, iter_lines, parse_line
+from weighted_mtp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ROW_DTYPE = np.dtype(
+    [
+        ("offset", "<i8"),
+        ("length", "<i4"),
+        ("line", "<i8"),
+        ("is_correct", "?"),
+        ("difficulty", "<i2"),
+        ("problem", "<i4"),
+    ]
+)
+
+
+def index_path(jsonl: str | Path) -> Path:
+    """``x/train.jsonl`` -> ``x/train.index.npz``."""
+    p = Path(jsonl)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".index.npz")
+
+
+class Index:
+    """Per-record columns of one processed jsonl (see the module docstring)."""
+
+    def __init__(self, rows: np.ndarray, problems: list[str], file_size: int) -> None:
+        self.rows = rows
+        self.problems = problems
+        self.file_size = file_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.rows["offset"]
+
+    @property
+    def is_correct(self) -> np.ndarray:
+        return self.rows["is_correct"]
+
+    @property
+    def difficulty(self) -> np.ndarray:
+        return self.rows["difficulty"]
+
+    @property
+    def problem(self) -> np.ndarray:
+        return self.rows["problem"]
+
+    def save(self, path: str | Path) -> None:
+        tmp = Path(str(path) + ".tmp.npz")
+        np.savez(
+            tmp,
+            rows=self.rows,
+            problems=np.array(self.problems, dtype=str),
+            file_size=np.int64(self.file_size),
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Index:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["rows"], z["problems"].tolist(), int(z["file_size"]))
+
+    @classmethod
+    def for_jsonl(cls, jsonl: str | Path, build: bool = True) -> Index:
+        """Load the index of ``jsonl``; build (and save) it when missing or stale."""
+        jsonl = Path(jsonl)
+        if not jsonl.is_file():
+            raise UserError(f"{jsonl}: no such data file. Check dataset.train/validation paths.")
+        ipath = index_path(jsonl)
+        size = jsonl.stat().st_size
+        if ipath.is_file():
+            index = cls.load(ipath)
+            if index.file_size == size:
+                return index
+            log.warning("%s is stale (file size changed); rebuilding", ipath)
+        if not build:
+            raise UserError(f"{ipath}: index missing or stale; rebuild it with build_index()")
+        return build_index(jsonl)
+
+
+class IndexBuilder:
+    """Accumulates index rows in compact arrays while a jsonl is written or scanned."""
+
+    def __init__(self) -> None:
+        self._offset = array("q")
+        self._length = array("i")
+        self._line = array("q")
+        self._correct = array("b")
+        self._difficulty = array("h")
+        self._problem = array("i")
+        self._problem_ids: dict[str, int] = {}
+
+    def add(self, offset: int, length: int, line: int, record: Record) -> None:
+        self._offset.append(offset)
+        self._length.append(length)
+        self._line.append(line)
+        self._correct.append(1 if record.is_correct else 0)
+        self._difficulty.append(record.difficulty)
+        pid = self._problem_ids.setdefault(record.problem_id, len(self._problem_ids))
+        self._problem.append(pid)
+
+    def build(self, file_size: int) -> Index:
+        rows = np.empty(len(self._offset), dtype=ROW_DTYPE)
+        rows["offset"] = np.frombuffer(self._offset, dtype=np.int64)
+        rows["length"] = np.frombuffer(self._length, dtype=np.int32)
+        rows["line"] = np.frombuffer(self._line, dtype=np.int64)
+        rows["is_correct"] = np.frombuffer(self._correct, dtype=np.int8).astype(bool)
+        rows["difficulty"] = np.frombuffer(self._difficulty, dtype=np.int16)
+        rows["problem"] = np.frombuffer(self._problem, dtype=np.int32)
+        return Index(rows, list(self._problem_ids), file_size)
+
+
+def build_index(
+    jsonl: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None
+) -> Index:
+    """(Re)build and save the index of any processed jsonl, streaming line by line.
+
+    Malformed lines raise UserError (file:line) unless ``skip_invalid``; skipped lines
+    get no row and are counted in ``stats``.
+    """
+    jsonl = Path(jsonl)
+    stats = stats if stats is not None else ReadStats()
+    builder = IndexBuilder()
+    for lineno, offset, body in iter_lines(jsonl):
+        try:
+            rec = parse_line(body, jsonl, lineno)
+        except UserError:
+            if not skip_invalid:
+                raise
+            stats.skipped += 1
+            stats.skipped_lines.append(lineno)
+            continue
+        builder.add(offset, len(body), lineno, rec)
+        stats.records += 1
+    if stats.skipped:
+        log.warning("%s: skipped %d malformed line(s)", jsonl, stats.skipped)
+    index = builder.build(jsonl.stat().st_size)
+    index.save(index_path(jsonl))
+    return index
+
+
+class JsonlWriter:
+    """Write records to ``path`` (via a temp file) and its index; use as a context manager."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
+        self._builder = IndexBuilder()
+        self._offset = 0
+        self.count = 0
+
+    def write(self, record: Record) -> None:
+        body = record.to_json().encode("utf-8")
+        self._fh.write(body + b"\n")
+        self.count += 1
+        self._builder.add(self._offset, len(body), self.count, record)
+        self._offset += len(body) + 1
+
+    def close(self) -> Index:
+        """Finish the file, move it in place and save its index."""
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        index = self._builder.build(self.path.stat().st_size)
+        index.save(index_path(self.path))
+        return index
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,237 @@
+"""The processed record: one JSON object per line of a ``*.jsonl`` file.
+
+=================  ======  =====================================================
+field              type    meaning
+=================  ======  =====================================================
+instruction        str     problem statement (CodeContests ``description``)
+input              str     worked examples shown in the prompt ("" if none)
+output             str     the solution program: the response the model learns
+task_id            str     unique per record, e.g. ``"1548_E/correct/3"``
+is_correct         bool    the solution passes the problem's tests
+metadata           object  ``source`` (str), ``difficulty`` (int, 0 = unknown),
+                           ``problem_id`` (str, shared by a problem's records),
+                           plus optional keys below
+=================  ======  =====================================================
+
+Optional metadata keys: ``language`` ("python3" / "python2"), ``python2`` (bool),
+``cf_rating`` (int), ``origin`` (platform), ``bug`` (synthetic bug kind), ``tests``
+and ``humaneval`` (the test format, below).
+
+Test format (what an evaluator runs a generated program against):
+
+- stdin/stdout problems (synthetic, CodeContests): ``metadata.tests`` is a list of
+  ``{"input": str, "output": str}``. A program passes a test when, fed ``input`` on
+  stdin, its stdout matches ``output`` under :func:`outputs_match` (line by line,
+  trailing whitespace of each line and trailing empty lines ignored). Read them with
+  :func:`tests_of`.
+- HumanEval: ``metadata.humaneval = {"prompt", "test", "entry_point"}``; the program
+  to run is :func:`check_program` (prompt + completion + test + ``check(entry_point)``);
+  it passes when it exits with status 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp.errors import UserError
+
+REQUIRED_METADATA: dict[str, type] = {"source": str, "difficulty": int, "problem_id": str}
+_FIELDS: dict[str, type] = {
+    "instruction": str,
+    "input": str,
+    "output": str,
+    "task_id": str,
+    "is_correct": bool,
+    "metadata": dict,
+}
+
+
+@dataclass
+class Record:
+    """One processed sample. ``row`` is its position in the file's index (not serialized)."""
+
+    instruction: str
+    input: str
+    output: str
+    task_id: str
+    is_correct: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    row: int = -1
+
+    @property
+    def difficulty(self) -> int:
+        return int(self.metadata["difficulty"])
+
+    @property
+    def problem_id(self) -> str:
+        return str(self.metadata["problem_id"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instruction": self.instruction,
+            "input": self.input,
+            "output": self.output,
+            "task_id": self.task_id,
+            "is_correct": self.is_correct,
+            "metadata": self.metadata,
+        }
+
+    def to_json(self) -> str:
+        """One jsonl line (no newline); non-ASCII kept as is."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+class RecordError(ValueError):
+    """A line that is not a valid record; ``reason`` says what is wrong."""
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def validate_record(obj: Any) -> Record:
+    """Check a decoded JSON value against the schema; raise RecordError naming the field."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    for name, expected in _FIELDS.items():
+        if name not in obj:
+            raise RecordError(f"missing field '{name}'")
+        if not _type_ok(obj[name], expected):
+            raise RecordError(
+                f"field '{name}' must be {expected.__name__}, got {type(obj[name]).__name__}"
+            )
+    meta = obj["metadata"]
+    for name, expected in REQUIRED_METADATA.items():
+        if name not in meta:
+            raise RecordError(f"missing field 'metadata.{name}'")
+        if not _type_ok(meta[name], expected):
+            raise RecordError(
+                f"field 'metadata.{name}' must be {expected.__name__}, "
+                f"got {type(meta[name]).__name__}"
+            )
+    tests = meta.get("tests")
+    if tests is not None and not (
+        isinstance(tests, list)
+        and all(
+            isinstance(t, dict)
+            and isinstance(t.get("input"), str)
+            and isinstance(t.get("output"), str)
+            for t in tests
+        )
+    ):
+        raise RecordError("field 'metadata.tests' must be a list of {input: str, output: str}")
+    return Record(**{name: obj[name] for name in _FIELDS})
+
+
+def parse_line(line: str | bytes, path: str | Path, lineno: int) -> Record:
+    """Decode and validate one line; UserError names ``path:lineno`` (1-based) and the fix."""
+    try:
+        return validate_record(json.loads(line))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = f"invalid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+    except RecordError as exc:
+        reason = str(exc)
+    raise UserError(
+        f"{path}:{lineno}: malformed record: {reason}. Fix or delete this line, "
+        "or skip bad lines (skip_invalid=True / --skip-invalid)."
+    )
+
+
+@dataclass
+class ReadStats:
+    """What a read saw: valid records and skipped (malformed) lines."""
+
+    records: int = 0
+    skipped: int = 0
+    skipped_lines: list[int] = field(default_factory=list)
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(lineno (1-based), byte offset, raw line without newline)`` for non-blank lines."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            start = offset
+            offset += len(raw)
+            body = raw.rstrip(b"\r\n")
+            if body.strip():
+                yield lineno, start, body
+
+
+def read_records(
+    path: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None
+) -> Iterator[Record]:
+    """Stream validated records from a jsonl file.
+
+    A malformed line raises UserError (``file:line: reason``) unless ``skip_invalid``;
+    then it is skipped and counted in ``stats`` (pass a ReadStats to read the counts).
+    Blank lines are ignored. ``Record.row`` is the record's position among valid records.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for lineno, _, body in iter_lines(path):
+        try:
+            rec = parse_line(body, path, lineno)
+        except UserError:
+            if not skip_invalid:
+                raise
+            stats.skipped += 1
+            stats.skipped_lines.append(lineno)
+            continue
+        rec.row = stats.records
+        stats.records += 1
+        yield rec
+
+
+def outputs_match(actual: str, expected: str) -> bool:
+    """Compare program output with the expected output, line by line.
+
+    Trailing whitespace on each line and trailing empty lines are ignored; everything
+    else (separators, case, number formatting) must match exactly.
+    """
+
+    def norm(text: str) -> list[str]:
+        lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    return norm(actual) == norm(expected)
+
+
+def kind_of_tests(record: Record) -> str:
+    """``"stdio"`` (metadata.tests), ``"humaneval"`` (metadata.humaneval) or ``"none"``."""
+    if "humaneval" in record.metadata:
+        return "humaneval"
+    return "stdio" if record.metadata.get("tests") else "none"
+
+
+def tests_of(record: Record) -> list[dict[str, str]]:
+    """The stdin/stdout tests of a record: a list of ``{"input": str, "output": str}``.
+
+    Empty for records without stdio tests (HumanEval: use :func:`check_program`).
+    """
+    return [{"input": t["input"], "output": t["output"]} for t in record.metadata.get("tests", [])]
+
+
+def check_program(record: Record, completion: str) -> str:
+    """The HumanEval program for ``completion``: exits 0 iff the completion passes."""
+    he = record.metadata.get("humaneval")
+    if he is None:
+        raise ValueError(f"record {record.task_id} has no HumanEval tests (metadata.humaneval)")
+    return f"{he['prompt']}{completion}\n\n{he['test']}\n\ncheck({he['entry_point']})\n"
+
+
+def format_examples(tests: list[dict[str, str]]) -> str:
+    """Render tests as the prompt's worked examples (the ``input`` field)."""
+    blocks = []
+    for i, t in enumerate(tests, start=1):
+        blocks.append(
+            f"Example {i}\nInput:\n{t['input'].rstrip()}\nOutput:\n{t['output'].rstrip()}"
+        )
+    return "\n\n".join(blocks)
