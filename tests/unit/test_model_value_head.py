@@ -1,0 +1,61 @@
+"""Value head: shapes, types, learning, save/load on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from weighted_mtp.errors import UserError
+from weighted_mtp.models.value_head import ValueHead, load_value_head, save_value_head
+
+
+@pytest.mark.parametrize(
+    ("kind", "hidden", "n_params"),
+    [
+        ("linear", 0, 32 + 32 + 1),
+        ("mlp", 0, 32 + 32 * 32 + 32 + 32 + 1),
+        ("mlp", 8, 32 + 32 * 8 + 8 + 8 + 1),
+    ],
+)
+def test_shapes_and_sizes(kind, hidden, n_params):
+    head = ValueHead(32, kind, hidden)
+    assert sum(p.numel() for p in head.parameters()) == n_params
+    v = head(torch.randn(3, 7, 32, dtype=torch.bfloat16))
+    assert v.shape == (3, 7) and v.dtype == torch.float32
+    assert (v == 0).all()  # zero-initialised output: V = 0 before training
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_learns_and_round_trips(kind, tmp_path: Path):
+    torch.manual_seed(0)
+    head = ValueHead(32, kind)
+    h = torch.randn(4, 9, 32) * 20  # un-normalised residual stream scale
+    target = (h[..., 0] > 0).float()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(head(h), target)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    path = save_value_head(head, tmp_path / "critic")
+    assert path.name == "value_head.safetensors"
+    again = load_value_head(tmp_path / "critic")
+    assert again.config() == head.config()
+    assert torch.equal(again(h), head(h).detach())
+
+
+def test_errors(tmp_path: Path):
+    with pytest.raises(UserError, match="linear"):
+        ValueHead(8, "transformer")
+    with pytest.raises(UserError, match="critic_checkpoint"):
+        load_value_head(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="not a value head"):
+        load_value_head(tmp_path / "other.safetensors")

@@ -1,0 +1,92 @@
+"""Value head V(s_t) on the trunk's hidden state: [B,S,D] -> [B,S].
+
+The trunk output is the un-normalised residual stream, so the head starts with its own
+RMSNorm; then ``linear`` (one projection) or ``mlp`` (D -> hidden -> 1, SiLU). It keeps
+fp32 parameters whatever the policy's dtype (it is tiny) and returns fp32 values.
+
+Saved on its own as one ``.safetensors`` file whose metadata holds its config, so the
+critic stage can hand it to the verifiable stage (``experiment.critic_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from weighted_mtp.errors import UserError
+from weighted_mtp.models.mtp import RMSNorm
+
+VALUE_HEAD_TYPES = ("linear", "mlp")
+
+
+class ValueHead(nn.Module):
+    """V(s_t) per position. type: linear | mlp; hidden_dim 0 = dim (mlp only)."""
+
+    def __init__(self, dim: int, type: str = "linear", hidden_dim: int = 0) -> None:  # noqa: A002
+        super().__init__()
+        if type not in VALUE_HEAD_TYPES:
+            raise UserError(f"models.value_head.type {type!r}: use one of {VALUE_HEAD_TYPES}")
+        self.dim, self.type = dim, type
+        self.hidden_dim = (hidden_dim or dim) if type == "mlp" else 0
+        self.norm = RMSNorm(dim)
+        if type == "linear":
+            self.net: nn.Module = nn.Linear(dim, 1)
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(dim, self.hidden_dim), nn.SiLU(), nn.Linear(self.hidden_dim, 1)
+            )
+        nn.init.zeros_(self.out_proj.weight)  # V = 0 everywhere at start
+        nn.init.zeros_(self.out_proj.bias)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        return self.net if isinstance(self.net, nn.Linear) else self.net[-1]
+
+    def config(self) -> dict[str, int | str]:
+        return {"dim": self.dim, "type": self.type, "hidden_dim": self.hidden_dim}
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden [B,S,D] (any dtype) -> values [B,S] fp32."""
+        return self.net(self.norm(hidden.float())).squeeze(-1)
+
+
+def save_value_head(head: ValueHead, path: str | Path) -> Path:
+    """Write ``path`` (a .safetensors file; a directory gets ``value_head.safetensors``)."""
+    p = Path(path)
+    if p.is_dir() or not p.suffix:
+        p = p / "value_head.safetensors"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    save_file(sd, str(p), metadata={"format": "pt", "value_head": json.dumps(head.config())})
+    return p
+
+
+def load_value_head(path: str | Path, device: str | torch.device = "cpu") -> ValueHead:
+    """Load a head written by ``save_value_head`` (file or directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "value_head.safetensors"
+    if not p.is_file():
+        raise UserError(
+            f"value head {p} not found: point experiment.critic_checkpoint at the "
+            "critic stage's value_head.safetensors"
+        )
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if "value_head" not in meta:
+        raise UserError(f"{p} is not a value head file (no 'value_head' metadata)")
+    cfg = json.loads(meta["value_head"])
+    head = ValueHead(int(cfg["dim"]), str(cfg["type"]), int(cfg["hidden_dim"]))
+    missing, unexpected = head.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{p}: value head keys disagree with its config {cfg}: missing "
+            f"{sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    return head.to(device)
