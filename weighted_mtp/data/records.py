@@ -219,6 +219,9 @@ def tests_of(record: Record) -> list[dict[str, str]]:
     return [{"input": t["input"], "output": t["output"]} for t in record.metadata.get("tests", [])]
 
 
+tests_of.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
+
+
 def check_program(record: Record, completion: str) -> str:
     """The HumanEval program for ``completion``: exits 0 iff the completion passes."""
     he = record.metadata.get("humaneval")
