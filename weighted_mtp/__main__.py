@@ -60,7 +60,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 # command name -> module exposing HELP, add_arguments(parser), run(args) -> int
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "setup": "weighted_mtp.setup_assets",
+    "prepare": "weighted_mtp.data.prepare",
+    "export": "weighted_mtp.models.export",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,6 +78,8 @@ class CurriculumPhase:
 
 @dataclass
 class DataSamplingConfig:
+    # the sampler class; built with these fields plus index, n_epochs, rank, world_size
+    _target_: str = "weighted_mtp.data.sampling.RecordSampler"
     n_samples: int = 100000
     correct_ratio: float = 1.0
     balance_correct: bool = False

@@ -1,0 +1,60 @@
+"""Rho-1: weight tokens by excess loss against a frozen reference model.
+
+The reference (``models.reference``, Hugging Face format, same vocabulary as the policy)
+scores each training record once; its per-token losses are cached on disk under
+``models.reference.cache_dir`` (see :mod:`weighted_mtp.training.reference_cache`) and
+reused by later epochs and runs. The weighting (``weighting._target_``, Rho1Weighting)
+keeps the top ``training.k_percent`` of each head's tokens by excess loss.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from weighted_mtp.models.reference import load_reference, reference_token_ce
+from weighted_mtp.models.tokenizer import find_tokenizer_file
+from weighted_mtp.training.loop import tokenizer_path, train
+from weighted_mtp.training.reference_cache import ReferenceLossCache, cache_key
+from weighted_mtp.training.task import Task
+
+
+def token_ce(model: nn.Module, temperature: float, ids: Tensor, mask: Tensor, labels: Tensor):
+    """The reference's CE of the token *at* each position (shifted from next-token CE)."""
+    ce = reference_token_ce(model, ids, mask, labels, temperature=temperature)
+    out = torch.zeros_like(ce)
+    out[:, 1:] = ce[:, :-1]
+    return out
+
+
+def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
+    ref_cfg = cfg.models.reference
+    weighting = instantiate(cfg.weighting)
+    temperature = float(getattr(weighting, "temperature", 1.0))
+    reference = load_reference(ref_cfg.path, ref_cfg.dtype, tokenizer, device)
+    key = cache_key(
+        ref_cfg.path,
+        cfg.dataset.train,
+        find_tokenizer_file(tokenizer_path(cfg)),
+        cfg.dataset.max_length,
+        temperature,
+    )
+    cache = ReferenceLossCache(
+        partial(token_ce, reference, temperature), Path(ref_cfg.cache_dir) / key
+    )
+    return Task(
+        train_policy=True,
+        weighting=weighting,
+        reference=cache,
+        provenance={"reference": str(ref_cfg.path), "reference_cache": str(cache.dir)},
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    return train(cfg, build_task)

@@ -1,0 +1,98 @@
+"""Validation at each checkpoint interval.
+
+On a fixed subset of ``dataset.validation`` (``training.eval_samples`` records, chosen
+once by seed): ``val/mtp_ce`` is the plain (unweighted) MTP cross-entropy over the
+correct records' response tokens, the same number for every stage so runs compare;
+``val/head{k}_ce`` per head. With a value head: ``val/value_loss`` over all records and
+``val/auroc``, how well V at the last state separates correct from incorrect.
+``val/loss`` (what ``save_best`` minimises) is ``val/mtp_ce``, or ``val/value_loss`` for a
+stage without MTP loss (critic).
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from weighted_mtp.data.collate import Collator
+from weighted_mtp.data.dataset import ProcessedDataset
+from weighted_mtp.data.sampling import validation_indices
+from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.training.losses import mtp_loss, mtp_targets
+from weighted_mtp.training.runtime import autocast
+from weighted_mtp.training.task import Task
+from weighted_mtp.training.value import (
+    auroc,
+    last_state_values,
+    value_loss,
+    value_mask,
+    value_targets,
+)
+
+EVAL_BATCH_FACTOR = 4
+
+
+class Validator:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        task: Task,
+        model: MTPTransformer,
+        collator: Collator,
+        device: torch.device,
+        amp: torch.dtype | None,
+    ) -> None:
+        self.task, self.model, self.collator = task, model, collator
+        self.device, self.amp = device, amp
+        self.dataset = ProcessedDataset(cfg.dataset.validation)
+        ids = validation_indices(
+            self.dataset.index,
+            correct_only=task.value_head is None,
+            n=cfg.training.eval_samples,
+            seed=cfg.data_sampling.seed,
+        )
+        self.records = self.dataset.records(ids)
+        # no gradients are kept, so validation batches can be larger than training ones
+        self.batch_size = cfg.training.batch_size * EVAL_BATCH_FACTOR
+
+    @torch.no_grad()
+    def run(self) -> dict[str, float]:
+        n = self.model.n_future_tokens
+        ce_sum, ce_count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        v_sum, v_count = 0.0, 0
+        last_v, correct = [], []
+        for i in range(0, len(self.records), self.batch_size):
+            batch = self.collator(self.records[i : i + self.batch_size]).to(self.device)
+            with autocast(self.device, self.amp):
+                h = self.model.trunk(batch.input_ids, batch.attention_mask)
+                if self.task.weighting is not None:
+                    labels = batch.labels.masked_fill(~batch.is_correct[:, None], -100)
+                    out = mtp_loss(
+                        self.model,
+                        h,
+                        batch.attention_mask,
+                        mtp_targets(labels, n),
+                        denominator=1.0,
+                        backward=False,
+                    )
+                    ce_sum += (out.head_ce * out.head_valid).double().cpu()
+                    ce_count += out.head_valid.double().cpu()
+                if self.task.value_head is not None:
+                    values = self.task.value_head(h).float()
+                    vmask = value_mask(batch.labels)
+                    vt = value_targets(values, batch.reward, vmask, self.task.gamma, self.task.lam)
+                    v_sum += float(value_loss(values, vt, vmask, self.task.value_loss_type, 1.0))
+                    v_count += int(vmask.sum())
+                    last_v.append(last_state_values(values, vmask).cpu())
+                    correct.append(batch.is_correct.cpu())
+        metrics: dict[str, float] = {}
+        if ce_count.sum() > 0:
+            metrics["val/mtp_ce"] = float(ce_sum.sum() / ce_count.sum())
+            head = ce_sum / ce_count.clamp(min=1)
+            metrics |= {f"val/head{k}_ce": float(v) for k, v in enumerate(head)}
+        if self.task.value_head is not None:
+            metrics["val/value_loss"] = v_sum / max(v_count, 1)
+            metrics["val/auroc"] = auroc(torch.cat(last_v), torch.cat(correct))
+        key = "val/mtp_ce" if self.task.weighting is not None else "val/value_loss"
+        metrics["val/loss"] = metrics.get(key, float("nan"))
+        return metrics

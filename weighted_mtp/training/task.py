@@ -1,0 +1,123 @@
+"""What a stage trains, and the forward/backward of one micro-batch (shared by all stages).
+
+A stage is a :class:`Task`: whether the policy is trained, which weighting shapes the MTP
+loss (None: no MTP loss), an optional value head with its loss coefficient, and an
+optional frozen reference. Data flow of one micro-batch::
+
+    trunk once -> value head on the trunk output -> weighting -> weighted MTP loss
+    (head by head) + value_coef * value loss -> one backward through the trunk
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from weighted_mtp.data.collate import Batch
+from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
+from weighted_mtp.training.value import value_loss, value_mask, value_targets
+from weighted_mtp.weighting.base import Weighting, WeightingInputs
+
+# batch -> reference per-token CE [B, S] (CE of the token at each position; 0 elsewhere)
+ReferenceCE = Callable[[Batch], Tensor]
+
+
+@dataclass
+class Task:
+    train_policy: bool
+    weighting: Weighting | None = None
+    value_head: nn.Module | None = None
+    value_coef: float = 0.0
+    value_loss_type: str = "mse"
+    gamma: float = 1.0
+    lam: float = 1.0
+    reference: ReferenceCE | None = None
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def trainable_modules(self, model: MTPTransformer) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {}
+        if self.train_policy:
+            mods["policy"] = model
+        if self.value_head is not None:
+            mods["value_head"] = self.value_head
+        return mods
+
+
+@dataclass
+class Denominators:
+    """Token-exact normalisers of one optimizer step (summed over its micro-batches)."""
+
+    mtp: Tensor
+    value: Tensor
+
+
+def denominators(task: Task, batches: list[Batch], n_heads: int) -> Denominators:
+    mtp = torch.zeros((), dtype=torch.float64)
+    val = torch.zeros((), dtype=torch.float64)
+    for b in batches:
+        if task.weighting is not None:
+            valid = mtp_targets(b.labels, n_heads) != -100
+            mtp += task.weighting.denominator(valid).double().cpu()
+        if task.value_head is not None:
+            val += value_mask(b.labels).sum().double().cpu()
+    return Denominators(mtp.clamp(min=1), val.clamp(min=1))
+
+
+def micro_step(
+    task: Task, model: MTPTransformer, batch: Batch, den: Denominators, backward: bool
+) -> dict[str, Tensor]:
+    """Forward (and backward, when ``backward``) of one micro-batch.
+
+    Returns detached loss terms: ``loss`` (this micro-batch's share of the step loss),
+    ``mtp_loss``, ``value_loss``, ``head_ce`` [n], and the value head's ``values`` [B, S].
+    """
+    n = model.n_future_tokens
+    targets = mtp_targets(batch.labels, n)
+    with torch.set_grad_enabled(backward and task.train_policy):
+        h = model.trunk(batch.input_ids, batch.attention_mask)
+    out: dict[str, Tensor] = {}
+    extra: list[Tensor] = []
+    values = None
+    if task.value_head is not None:
+        with torch.set_grad_enabled(backward):
+            values = task.value_head(h if task.train_policy else h.detach()).float()
+        vmask = value_mask(batch.labels)
+        vt = value_targets(values, batch.reward, vmask, task.gamma, task.lam)
+        vl = value_loss(values, vt, vmask, task.value_loss_type, den.value.to(values.device))
+        extra.append(task.value_coef * vl)
+        out["value_loss"] = vl.detach()
+        out["values"] = values.detach()
+    total = sum((e.detach() for e in extra), torch.zeros((), device=h.device))
+    if task.weighting is not None:
+        inputs = WeightingInputs(
+            targets=targets,
+            response_mask=batch.response_mask,
+            reward=batch.reward,
+            values=None if values is None else values.detach(),
+            ref_ce=task.reference(batch) if task.reference is not None else None,
+        )
+        res = mtp_loss(
+            model,
+            h,
+            batch.attention_mask,
+            targets,
+            task.weighting.weights(inputs),
+            denominator=den.mtp.to(h.device),
+            backward=backward and task.train_policy,
+        )
+        if backward and task.train_policy:
+            backward_trunk(h, res, *extra)
+        elif backward and extra:
+            torch.autograd.backward(sum(extra))
+        out["mtp_loss"] = res.loss
+        out["head_ce"] = res.head_ce
+        out["head_valid"] = res.head_valid
+        total = total + res.loss.to(total.device)
+    elif backward and extra:
+        torch.autograd.backward(sum(extra))
+    out["loss"] = total
+    return out
