@@ -78,3 +78,12 @@ def test_pad_falls_back_to_eos_when_tokenizer_has_none() -> None:
     batch = Collator(tok, 64)([record("A.", "1"), record("Longer.", "123456")])
     assert batch.input_ids[0, ~batch.attention_mask[0]].eq(2).all()
     assert batch.to("cpu").input_ids.shape == batch.input_ids.shape
+
+
+def test_prompt_cache_gives_the_same_encoding() -> None:
+    tok = CharTokenizer()
+    recs = [record("x" * 300, "print(42)"), record("Short.", "y" * 200), record("A.", "1")]
+    col = Collator(tok, 40, prompt_cache=1)
+    for r in recs + recs[::-1]:
+        assert col.encode(r) == encode_record(r, tok, 40)
+    assert len(col._cache) == 1

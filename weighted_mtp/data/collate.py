@@ -24,13 +24,16 @@ response survives. Then the response is cut at its *end* (the EOS goes first).
 
 from __future__ import annotations
 
+from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from weighted_mtp.data.records import Record
+
+if TYPE_CHECKING:  # torch is imported where tensors are built (tokenizing needs no torch)
+    import torch
 
 IGNORE_INDEX = -100
 RESPONSE_MARKER = "### Response:\n"
@@ -64,9 +67,19 @@ class Encoded:
     truncated: bool
 
 
-def encode_record(record: Record, tokenizer: Tokenizer, max_length: int) -> Encoded:
-    """Tokenize a record with the template and truncate it to ``max_length`` (the rule above)."""
-    prompt = [tokenizer.bos_id, *tokenizer.encode(format_prompt(record.instruction, record.input))]
+def encode_prompt(record: Record, tokenizer: Tokenizer) -> list[int]:
+    """BOS + the tokens of the record's prompt."""
+    return [tokenizer.bos_id, *tokenizer.encode(format_prompt(record.instruction, record.input))]
+
+
+def encode_record(
+    record: Record, tokenizer: Tokenizer, max_length: int, prompt: list[int] | None = None
+) -> Encoded:
+    """Tokenize a record with the template and truncate it to ``max_length`` (the rule above).
+
+    ``prompt``: the record's :func:`encode_prompt` ids, when already known (cached).
+    """
+    prompt = prompt if prompt is not None else encode_prompt(record, tokenizer)
     response = [*tokenizer.encode(record.output), tokenizer.eos_id]
     return fit(prompt, response, max_length)
 
@@ -101,6 +114,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """Move the tensors to ``device``."""
+        import torch
+
         moved = {
             f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
             for f in fields(self)
@@ -110,6 +125,8 @@ class Batch:
 
 def collate(encoded: Sequence[Encoded], records: Sequence[Record], pad_id: int) -> Batch:
     """Right-pad encoded records to the longest one and build the Batch."""
+    import torch
+
     width = max(len(e.ids) for e in encoded)
     n = len(encoded)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -138,17 +155,33 @@ class Collator:
     """``Collator(tokenizer, max_length)(records) -> Batch``; use as a DataLoader collate_fn.
 
     Padding uses ``tokenizer.pad_id``, or ``eos_id`` when the tokenizer has no pad token
-    (``pad_id < 0``, as in Llama's SentencePiece); padding is masked either way.
+    (``pad_id < 0``, as in Llama's SentencePiece); padding is masked either way. Prompt
+    token ids are cached (LRU, ``prompt_cache`` entries): a problem's solutions share one
+    prompt, so it is tokenized once.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, prompt_cache: int = 8192) -> None:
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         pad = getattr(tokenizer, "pad_id", -1)
         self.pad_id = pad if pad is not None and pad >= 0 else tokenizer.eos_id
+        self._cache: OrderedDict[tuple[str, str], array] = OrderedDict()
+        self._cache_size = prompt_cache
+
+    def encode(self, record: Record) -> Encoded:
+        """:func:`encode_record` with the prompt ids from the cache."""
+        key = (record.instruction, record.input)
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = array("i", encode_prompt(record, self.tokenizer))
+            self._cache[key] = ids
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return encode_record(record, self.tokenizer, self.max_length, ids.tolist())
 
     def __call__(self, records: Sequence[Record]) -> Batch:
         if not records:
             raise ValueError("cannot collate an empty batch")
-        enc = [encode_record(r, self.tokenizer, self.max_length) for r in records]
-        return collate(enc, records, self.pad_id)
+        return collate([self.encode(r) for r in records], records, self.pad_id)
