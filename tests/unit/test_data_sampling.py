@@ -114,6 +114,9 @@ def test_resume_continues_the_uninterrupted_stream(stop: int) -> None:
     resumed.load_state_dict(state)
     assert resumed.progress == pytest.approx(stop * 2 / 750)
     assert head + list(resumed) == full
+    behind = curriculum(index, rank=1, world_size=2)
+    behind.load_state_dict(first.state_dict(consumed=stop - 1))  # iterator ran ahead by one
+    assert list(behind) == full[stop - 1 :]
 
 
 def test_resume_on_another_world_size_and_config_mismatch() -> None:
