@@ -29,3 +29,52 @@ def path_overrides(tmp_path: Path) -> list[str]:
         f"dataset.validation={tmp_path / 'valid.jsonl'}",
         f"experiment.critic_checkpoint={tmp_path / 'critic.pt'}",
     ]
+
+
+@pytest.fixture(scope="session")
+def micro_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro assets (`python -m weighted_mtp setup`), built once per test session."""
+    from weighted_mtp.setup_assets import setup
+
+    root = tmp_path_factory.mktemp("storage")
+    setup(root)
+    return root
+
+
+def storage_overrides(root: Path) -> list[str]:
+    """Overrides that point the local profile at micro assets under ``root``."""
+    data = root / "datasets" / "synthetic" / "processed"
+    return [
+        f"models.policy.path={root / 'models' / 'micro-mtp'}",
+        f"models.policy.tokenizer_path={root / 'models' / 'micro-mtp' / 'tokenizer'}",
+        f"models.reference.path={root / 'models' / 'micro-ref'}",
+        f"dataset.train={data / 'train.jsonl'}",
+        f"dataset.validation={data / 'valid.jsonl'}",
+    ]
+
+
+@pytest.fixture
+def make_cfg(micro_storage: Path, tmp_path: Path):
+    """``make_cfg(stage, *overrides)``: a small local-profile config on the micro assets,
+    checkpoints and caches under tmp_path."""
+    from weighted_mtp.config.loader import compose
+
+    def build(stage: str = "baseline", *overrides: str):
+        return compose(
+            [
+                f"stage={stage}",
+                "profile=local",
+                *storage_overrides(micro_storage),
+                "data_sampling.n_samples=16",
+                "training.n_epochs=1",
+                "training.batch_size=2",
+                "training.eval_samples=4",
+                "dataset.max_length=160",
+                "checkpoint.save_checkpoint_every=0",
+                f"checkpoint.save_dir={tmp_path / 'ckpt' / stage}",
+                f"models.reference.cache_dir={tmp_path / 'refcache'}",
+                *overrides,
+            ]
+        )
+
+    return build

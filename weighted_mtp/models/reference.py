@@ -91,8 +91,11 @@ def reference_token_ce(
     attention_mask: Tensor,
     labels: Tensor,
     chunk_size: int = 1024,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Per-token next-token CE [B,S] fp32 of the reference, aligned with head 1's targets.
+
+    ``temperature`` divides the logits first (CE of softmax(logits / T)); Rho-1 uses it.
 
     Position t scores token labels[t+1] (= ``mtp_targets(labels, n)[..., 0]``); positions
     whose target is -100 (prompt, padding, the last one) are 0. The vocabulary projection
@@ -108,5 +111,6 @@ def reference_token_ce(
     flat = hidden.reshape(b * s, -1)
     out = torch.zeros(b * s, device=hidden.device)
     for c in (target != -100).nonzero().squeeze(1).split(chunk_size):
-        out[c] = F.cross_entropy(head(flat[c]).float(), target[c], reduction="none")
+        logits = head(flat[c]).float() / temperature
+        out[c] = F.cross_entropy(logits, target[c], reduction="none")
     return out.view(b, s)

@@ -32,6 +32,7 @@ from weighted_mtp.training.evaluate import Validator
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
 from weighted_mtp.training.runtime import amp_dtype, autocast, resolve_device, seed_everything
 from weighted_mtp.training.task import Task, denominators, micro_step
+from weighted_mtp.training.tracking import Tracker, create_tracker
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,22 @@ def tokenizer_path(cfg: DictConfig) -> str:
 
 
 def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:
-    """Run one stage's training from a validated config; returns the final metrics."""
+    """Run one stage's training from a validated config; returns the final metrics.
+
+    Tracked in MLflow when ``mlflow.tracking_uri`` is set (the run ends FAILED if
+    training raises).
+    """
+    tracker = create_tracker(cfg)
+    try:
+        result = _train(cfg, build_task, tracker)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return result
+
+
+def _train(cfg: DictConfig, build_task: BuildTask, tracker: Tracker) -> dict[str, Any]:
     t_cfg, c_cfg = cfg.training, cfg.checkpoint
     seed_everything(cfg.runtime.seed)
     device = resolve_device(cfg.runtime.device)
@@ -166,11 +182,13 @@ def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if step % t_cfg.log_interval == 0:
             history.append({"step": step, **metrics})
+            tracker.log_metrics(metrics, step)
             if bar.disable:
                 log.info("step %d/%d %s", step, total_steps, _fmt(metrics))
         if interval and step % interval == 0 and step < total_steps:
             val = validator.run()
             history.append({"step": step, **val})
+            tracker.log_metrics(val, step)
             improved = val["val/loss"] < best
             best = min(best, val["val/loss"])
             periodic = save(f"checkpoint_step{step}.pt", val)
@@ -181,14 +199,27 @@ def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:
     bar.close()
     val = validator.run()
     history.append({"step": step, **val})
+    tracker.log_metrics(val, step)
     improved = val["val/loss"] < best
     best = min(best, val["val/loss"])
+    final = None
     if c_cfg.save_final:
         final = save("checkpoint_final.pt", val)
         if c_cfg.save_best and improved:
             ckpt.atomic_copy(final, save_dir / "checkpoint_best.pt")
     elif c_cfg.save_best and improved:
         save("checkpoint_best.pt", val)
+    tracker.log_dict(
+        {
+            "checkpoint": str(final) if final else None,
+            "step": step,
+            "epoch": sampler.epoch,
+            "val": val,
+            "best_val_loss": best,
+            "provenance": task.provenance,
+        },
+        "final_checkpoint.json",
+    )
     result = {"step": step, **metrics, **val, "best_val_loss": best}
     print(f"{cfg.experiment.stage} done: step {step}/{total_steps} {_fmt(result)}", flush=True)
     print(f"  checkpoints: {save_dir}", flush=True)
