@@ -155,11 +155,17 @@ def _train(cfg: DictConfig, build_task: BuildTask, tracker: Tracker) -> dict[str
             collator(train_ds.records(next(it) for _ in range(t_cfg.batch_size))).to(device)
             for _ in range(micro_per_step)
         ]
-        den = denominators(task, batches, model.n_future_tokens)
+        # fp16: the grad scaler's factor goes into the denominators, since the MTP loss
+        # runs its own backward head by head; reported losses are unscaled again.
+        loss_scale = (
+            float(scaler.scale(torch.ones((), device=device))) if scaler.is_enabled() else 1.0
+        )
+        den = denominators(task, batches, model.n_future_tokens).scaled(loss_scale)
         parts = []
         for b in batches:
             with autocast(device, amp):
-                parts.append(micro_step(task, model, b, den, backward=True))
+                out = micro_step(task, model, b, den, backward=True)
+            parts.append({k: (v / loss_scale if "loss" in k else v) for k, v in out.items()})
             tokens += int(b.attention_mask.sum())
         loss = sum(p["loss"] for p in parts)
         if not torch.isfinite(loss):

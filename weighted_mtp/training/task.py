@@ -54,6 +54,10 @@ class Denominators:
     mtp: Tensor
     value: Tensor
 
+    def scaled(self, loss_scale: float) -> Denominators:
+        """Denominators that multiply every loss by ``loss_scale`` (fp16 grad scaling)."""
+        return Denominators(self.mtp / loss_scale, self.value / loss_scale)
+
 
 def denominators(task: Task, batches: list[Batch], n_heads: int) -> Denominators:
     mtp = torch.zeros((), dtype=torch.float64)
