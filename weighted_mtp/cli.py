@@ -5,21 +5,29 @@
 ``wmtp --help`` lists the config groups. Seed-style list keys (``a.b[0].c=v``) are
 accepted and translated. User errors (bad override, unknown key, wrong type,
 failed validation) exit with code 2 and no traceback.
+
+Every job writes ``result.json`` into its Hydra output dir (see :mod:`weighted_mtp.sweep`).
+In a sweep a failing job does not stop the others: it is recorded as ``failed`` and shown
+in the sweep summary; ``wmtp -m`` then exits 2 if every failure was a user error, else 1.
+``python -m weighted_mtp.cli`` is the same entrypoint (for ``torchrun -m``).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
 
-from weighted_mtp import app
+from weighted_mtp import app, sweep
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
 from weighted_mtp.config.validate import CONF_DIR
 from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
 
+log = logging.getLogger("weighted_mtp.cli")
 _task_started = False
 # Hydra flags whose value is the next argument (so that argument is not an override).
 _FLAGS_WITH_VALUE = {
@@ -56,11 +64,37 @@ def _translate_argv(argv: list[str]) -> list[str]:
 def _hydra_main(cfg: DictConfig) -> object:
     global _task_started
     _task_started = True
+    job = sweep.JobInfo.current()
+    sweep.name_job(cfg, job)
+    t0 = time.perf_counter()
     try:
-        return app.run(structured(cfg), source=" ".join(["wmtp", *sys.argv[1:]]))
+        result = app.run(structured(cfg), source=_source(job))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sweep.write_result(cfg, job, error=exc, user_error=True, elapsed_s=_since(t0))
+        if job.multirun:
+            return None  # shown as failed in the sweep summary; the other jobs go on
         sys.exit(USER_ERROR_EXIT_CODE)
+    except Exception as exc:
+        sweep.write_result(cfg, job, error=exc, elapsed_s=_since(t0))
+        if not job.multirun:
+            raise
+        log.exception("job %d failed", job.num)
+        return None
+    sweep.write_result(cfg, job, result, elapsed_s=_since(t0))
+    return result
+
+
+def _source(job: sweep.JobInfo) -> str:
+    """How messages name this run: the command line, or the sweep job and its overrides."""
+    if job.multirun:
+        swept = job.swept()
+        return f"wmtp -m job {job.num}" + (f" ({swept})" if swept else "")
+    return " ".join(["wmtp", *sys.argv[1:]])
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -75,10 +109,23 @@ def main() -> None:
         _hydra_main()
     except SystemExit as exc:
         # Hydra exits 1 for composition errors (unknown key, wrong type, bad override):
-        # those are user errors, raised before the task function starts.
-        if exc.code == 1 and not _task_started:
+        # those are user errors, raised before any job starts.
+        started = _task_started or sweep.STATE.launched()
+        if exc.code == 1 and not started:
             sys.exit(USER_ERROR_EXIT_CODE)
+        if exc.code and started and sweep.STATE.sweep_dir is not None and sweep.STATE.rows is None:
+            sweep.write_summary(sweep.STATE.sweep_dir)  # a job died: summarise what exists
         raise
+    _exit_for_sweep(sweep.STATE.rows)
+
+
+def _exit_for_sweep(rows: list[dict] | None) -> None:
+    """After a sweep: exit 0 if every job is ok, 2 if all failures are user errors, else 1."""
+    failed = [r for r in rows or [] if r["status"] != "ok"]
+    if not failed:
+        return
+    print(f"{len(failed)} of {len(rows or [])} sweep jobs failed", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE if all(r["user_error"] for r in failed) else 1)
 
 
 if __name__ == "__main__":
