@@ -61,6 +61,7 @@ def test_round_trips_bit_identical(tmp_path: Path, dtype):
     save_safetensors(m, tmp_path / "st")
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
     assert params["n_future_tokens"] == 2 and params["n_kv_heads"] == 2
+    assert (tmp_path / "st" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     a = load_meta_dir(tmp_path / "meta", dtype)
     b = load_safetensors(tmp_path / "st", dtype)
     c = load_safetensors(tmp_path / "st" / "model.safetensors", dtype)  # params in metadata

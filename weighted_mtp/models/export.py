@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.formats import check_state_dict, read_checkpoint, resolve_dtype
+from weighted_mtp.models.formats import (
+    check_state_dict,
+    read_checkpoint,
+    resolve_dtype,
+    write_safetensors,
+)
 from weighted_mtp.models.mtp import ModelArgs
 from weighted_mtp.models.tokenizer import TOKENIZER_FILE
 
@@ -117,7 +121,7 @@ def export_hf_state_dict(
     out.mkdir(parents=True, exist_ok=True)
     dt = resolve_dtype(dtype) if dtype is not None else sd["output.weight"].dtype
     tensors = {k: v.detach().to(dt).contiguous() for k, v in hf_state_dict(sd, args).items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(tensors, out / "model.safetensors", {"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(args, dt), indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2) + "\n"

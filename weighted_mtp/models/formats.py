@@ -240,6 +240,12 @@ def load_model(
     return model_from_state_dict(sd, args, dtype, device, str(path), vocab_size)
 
 
+def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, readable by others (it creates files 0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    path.chmod(0o644)
+
+
 def _write_params(model: MTPTransformer, path: Path) -> None:
     (path / PARAMS_FILE).write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
 
@@ -259,4 +265,4 @@ def save_safetensors(model: MTPTransformer, path: str | Path) -> None:
     _write_params(model, path)
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "params": json.dumps(model.args.to_dict())}
-    save_file(sd, str(path / SAFETENSORS_FILE), metadata=meta)
+    write_safetensors(sd, path / SAFETENSORS_FILE, meta)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from weighted_mtp.errors import UserError
+from weighted_mtp.models.formats import write_safetensors
 from weighted_mtp.models.mtp import RMSNorm
 
 VALUE_HEAD_TYPES = ("linear", "mlp")
@@ -62,7 +62,7 @@ def save_value_head(head: ValueHead, path: str | Path) -> Path:
         p = p / "value_head.safetensors"
     p.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    save_file(sd, str(p), metadata={"format": "pt", "value_head": json.dumps(head.config())})
+    write_safetensors(sd, p, {"format": "pt", "value_head": json.dumps(head.config())})
     return p
 
 
