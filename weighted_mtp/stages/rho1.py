@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from weighted_mtp.models.reference import load_reference, reference_token_ce
 from weighted_mtp.models.tokenizer import find_tokenizer_file
+from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.loop import tokenizer_path, train
 from weighted_mtp.training.reference_cache import ReferenceLossCache, cache_key
 from weighted_mtp.training.task import Task
@@ -46,7 +47,9 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
         temperature,
     )
     cache = ReferenceLossCache(
-        partial(token_ce, reference, temperature), Path(ref_cfg.cache_dir) / key
+        partial(token_ce, reference, temperature),
+        Path(ref_cfg.cache_dir) / key,
+        rank=dist.env_info().rank,
     )
     return Task(
         train_policy=True,

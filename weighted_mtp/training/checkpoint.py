@@ -17,6 +17,8 @@ target, so a kill during a save never leaves a file that looks valid but is not.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import random
 import re
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models import value_head
@@ -34,6 +37,7 @@ from weighted_mtp.models.value_head import ValueHead
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+log = logging.getLogger(__name__)
 PERIODIC = re.compile(r"^checkpoint_step(\d+)\.pt$")
 FORMAT_VERSION = 1
 
@@ -163,3 +167,121 @@ def file_sha256(path: str | Path, limit: int | None = None) -> str:
                 if remaining <= 0:
                     break
     return h.hexdigest()
+
+
+class Checkpointer:
+    """Saves and restores the whole training state of one run (rank 0 writes).
+
+    Holds the objects a checkpoint is made of; ``periodic`` / ``final`` apply the
+    ``checkpoint`` section's rules (interval files, best, final, retention).
+    """
+
+    def __init__(self, cfg, task, modules, optimizer, scheduler, scaler, sampler, info) -> None:
+        self.cfg, self.task, self.modules = cfg, task, modules
+        self.optimizer, self.scheduler, self.scaler, self.sampler = (
+            optimizer,
+            scheduler,
+            scaler,
+            sampler,
+        )
+        self.info = info
+        self.c = cfg.checkpoint
+        self.save_dir = Path(self.c.save_dir)
+        self.best = math.inf
+        self.step = 0
+
+    def state(self, val: dict[str, float]) -> dict[str, Any]:
+        task = self.task
+        return {
+            "format": FORMAT_VERSION,
+            "stage": self.cfg.experiment.stage,
+            "step": self.step,
+            "epoch": self.sampler.epoch,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "value_head_config": None if task.value_head is None else task.value_head.config(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "best_val_loss": self.best,
+            "val": val,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "provenance": task.provenance,
+        }
+
+    def save(self, name: str, val: dict[str, float]) -> Path:
+        path = self.save_dir / name
+        if self.info.is_main:
+            atomic_save(self.state(val), path)
+        return path
+
+    def resume(self) -> int:
+        """Restore from ``checkpoint.resume`` (``auto``: the latest in save_dir); the step."""
+        resume = self.c.resume
+        path = None if not resume else latest(self.save_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            return 0
+        state = load(path)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step, self.best = state["step"], state["best_val_loss"]
+        log.info("resumed from %s at step %d", path, self.step)
+        return self.step
+
+    def _track_best(self, val: dict[str, float]) -> bool:
+        improved = val["val/loss"] < self.best
+        self.best = min(self.best, val["val/loss"])
+        return improved
+
+    def periodic(self, step: int, val: dict[str, float]) -> None:
+        """Interval checkpoint: write it, copy it to best if improved, prune old ones."""
+        self.step = step
+        improved = self._track_best(val)
+        path = self.save(f"checkpoint_step{step}.pt", val)
+        if self.info.is_main:
+            if self.c.save_best and improved:
+                atomic_copy(path, self.save_dir / "checkpoint_best.pt")
+            if self.c.save_total_limit > 0:
+                prune(self.save_dir, self.c.save_total_limit)
+
+    def final(self, step: int, val: dict[str, float]) -> Path | None:
+        """End of training: final (if save_final) and best (if improved and save_best)."""
+        self.step = step
+        improved = self._track_best(val)
+        final = None
+        if self.c.save_final:
+            final = self.save("checkpoint_final.pt", val)
+            if self.c.save_best and improved and self.info.is_main:
+                atomic_copy(final, self.save_dir / "checkpoint_best.pt")
+        elif self.c.save_best and improved:
+            self.save("checkpoint_best.pt", val)
+        return final
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu"):
+    """The policy of a training checkpoint, with its tokenizer: (model, tokenizer).
+
+    The base model comes from the checkpoint's ``models.policy`` config; a checkpoint
+    that trained the policy (baseline, verifiable, rho1) overrides its weights. A Meta
+    directory or safetensors checkpoint is loaded as it is.
+    """
+    from weighted_mtp.models.formats import load_model
+    from weighted_mtp.models.tokenizer import load_tokenizer
+
+    p = Path(path)
+    if p.is_dir():
+        tok_dir = p / "tokenizer" if (p / "tokenizer").exists() else p
+        return load_model(p, device=device), load_tokenizer(tok_dir)
+    state = load(p)
+    policy = state["config"]["models"]["policy"]
+    model = load_model(policy["path"], policy["dtype"], device)
+    if "policy" in state["modules"]:
+        model.load_state_dict(state["modules"]["policy"])
+    tok_path = policy["tokenizer_path"] or str(Path(policy["path"]) / "tokenizer")
+    return model, load_tokenizer(tok_path)

@@ -18,6 +18,8 @@ from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.sampling import validation_indices
 from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.training import distributed as dist
+from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.losses import mtp_loss, mtp_targets
 from weighted_mtp.training.runtime import autocast
 from weighted_mtp.training.task import Task
@@ -41,6 +43,7 @@ class Validator:
         collator: Collator,
         device: torch.device,
         amp: torch.dtype | None,
+        info: DistInfo | None = None,
     ) -> None:
         self.task, self.model, self.collator = task, model, collator
         self.device, self.amp = device, amp
@@ -51,7 +54,8 @@ class Validator:
             n=cfg.training.eval_samples,
             seed=cfg.data_sampling.seed,
         )
-        self.records = self.dataset.records(ids)
+        self.info = info = info or DistInfo()
+        self.records = self.dataset.records(ids[info.rank :: info.world_size])  # this shard
         # no gradients are kept, so validation batches can be larger than training ones
         self.batch_size = cfg.training.batch_size * EVAL_BATCH_FACTOR
 
@@ -85,6 +89,9 @@ class Validator:
                     v_count += int(vmask.sum())
                     last_v.append(last_state_values(values, vmask).cpu())
                     correct.append(batch.is_correct.cpu())
+        info = self.info
+        ce_sum, ce_count = dist.all_reduce_sum(ce_sum, info), dist.all_reduce_sum(ce_count, info)
+        v_sum, v_count = dist.all_reduce_sum(torch.tensor([v_sum, v_count]), info).tolist()
         metrics: dict[str, float] = {}
         if ce_count.sum() > 0:
             metrics["val/mtp_ce"] = float(ce_sum.sum() / ce_count.sum())
@@ -92,7 +99,11 @@ class Validator:
             metrics |= {f"val/head{k}_ce": float(v) for k, v in enumerate(head)}
         if self.task.value_head is not None:
             metrics["val/value_loss"] = v_sum / max(v_count, 1)
-            metrics["val/auroc"] = auroc(torch.cat(last_v), torch.cat(correct))
+            mine = (torch.cat(last_v), torch.cat(correct)) if last_v else (torch.zeros(0),) * 2
+            scores = dist.all_gather_objects(mine, info)
+            metrics["val/auroc"] = auroc(
+                torch.cat([s for s, _ in scores]), torch.cat([c for _, c in scores])
+            )
         key = "val/mtp_ce" if self.task.weighting is not None else "val/value_loss"
         metrics["val/loss"] = metrics.get(key, float("nan"))
         return metrics

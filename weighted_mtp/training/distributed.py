@@ -1,0 +1,128 @@
+"""torch.distributed for the loop: process-group setup and data-parallel reductions.
+
+Launchers: ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) or a Slurm task
+(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT from the job's
+setup lines, see conf/hydra/launcher/slurm_a100.yaml). Backend: nccl on CUDA, gloo on CPU.
+
+Data parallelism (``runtime.distributed=ddp``) keeps a full replica per rank and sums
+gradients once per optimizer step, in buckets, after every micro-batch of the step has
+run. The loss is normalised by the *global* token count (all ranks, all micro-batches),
+so the summed gradient equals the single-process gradient of the same global batch.
+(torch's DistributedDataParallel wrapper is not used: the head-by-head MTP loss runs
+several backward passes per micro-batch, and DDP's reducer fires per backward pass.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+BUCKET_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    """Rank, world size and local rank from torchrun's or Slurm's environment."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return DistInfo(
+            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        )
+    return DistInfo()
+
+
+def init(device: torch.device) -> DistInfo:
+    """Join the process group when launched with several processes (idempotent)."""
+    info = env_info()
+    if info.enabled and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    return info
+
+
+def local_device(device: torch.device, info: DistInfo) -> torch.device:
+    """One GPU per process: cuda -> cuda:LOCAL_RANK."""
+    if device.type == "cuda" and device.index is None and info.enabled:
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of ``t`` over ranks (a copy; ``t`` itself when not distributed)."""
+    if not info.enabled:
+        return t
+    out = t.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sum_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Sum ``.grad`` over ranks in flat buckets: one reduction pass per optimizer step."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for g in grads:
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= BUCKET_BYTES:
+            _reduce_bucket(bucket)
+            bucket, size = [], 0
+    if bucket:
+        _reduce_bucket(bucket)
+
+
+def _reduce_bucket(bucket: list[torch.Tensor]) -> None:
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in bucket:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
