@@ -136,6 +136,8 @@ class RuntimeConfig:
     seed: int = 42
     mixed_precision: bool = True
     amp_dtype: str = "bfloat16"  # bfloat16 (autocast) | float16 (autocast + grad scaler)
+    # data parallelism under torchrun/Slurm: ddp (a replica per rank) | fsdp (FSDP2 shards)
+    distributed: str = "ddp"
 
 
 @dataclass

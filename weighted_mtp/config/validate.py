@@ -24,6 +24,7 @@ LOSS_TYPES = ("mse", "huber", "mae")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 AMP_DTYPES = ("bfloat16", "float16")
 VALUE_HEADS = ("linear", "mlp")
+PARALLELISMS = ("ddp", "fsdp")
 REQUIRED = (
     "experiment.name",
     "experiment.stage",
@@ -212,6 +213,7 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("training.lr_scheduler", LR_SCHEDULERS)
     c.choice("runtime.amp_dtype", AMP_DTYPES)
     c.choice("models.value_head.type", VALUE_HEADS)
+    c.choice("runtime.distributed", PARALLELISMS)
     resume = c.get("checkpoint.resume")
     if resume and resume != "auto" and not Path(resume).is_file():
         c.add(

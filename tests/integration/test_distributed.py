@@ -1,0 +1,98 @@
+"""torchrun with 2 gloo processes on CPU == 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from weighted_mtp.training import checkpoint as ckpt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(uri: str) -> list[float]:
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dist").experiment_id])
+    return [
+        m.value
+        for m in sorted(
+            client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step
+        )
+    ]
+
+
+def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
+    common = [
+        "data_sampling.n_samples=16",
+        "training.learning_rate=1e-3",
+        "training.gradient_accumulation_steps=2",
+        "training.eval_samples=6",
+        "mlflow.experiment=dist",
+    ]
+    single = make_cfg(
+        "baseline",
+        *common,
+        "training.batch_size=4",
+        f"checkpoint.save_dir={tmp_path}/single",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/1.db",
+    )
+    double = make_cfg(
+        "baseline",
+        *common,
+        "training.batch_size=2",
+        f"checkpoint.save_dir={tmp_path}/double",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/2.db",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cfg, launcher in (
+        (single, [sys.executable, "-m", "weighted_mtp"]),
+        (
+            double,
+            [
+                str(Path(sys.executable).with_name("torchrun")),
+                "--nproc_per_node=2",
+                f"--master_port={free_port()}",
+                "-m",
+                "weighted_mtp",
+            ],
+        ),
+    ):
+        f = tmp_path / f"{Path(cfg.checkpoint.save_dir).name}.yaml"
+        f.write_text(OmegaConf.to_yaml(cfg))
+        out = subprocess.run(
+            [*launcher, "train", "--config", str(f)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+    a = ckpt.load(Path(single.checkpoint.save_dir) / "checkpoint_final.pt")
+    b = ckpt.load(Path(double.checkpoint.save_dir) / "checkpoint_final.pt")
+    assert a["step"] == b["step"] == 2
+    worst = max(
+        (a["modules"]["policy"][k] - b["modules"]["policy"][k]).abs().max().item()
+        for k in a["modules"]["policy"]
+    )
+    assert worst < 1e-5
+    la, lb = losses(f"sqlite:///{tmp_path}/1.db"), losses(f"sqlite:///{tmp_path}/2.db")
+    assert len(la) == len(lb) == 2
+    assert all(abs(x - y) < 1e-5 for x, y in zip(la, lb, strict=True))
+    assert abs(a["val"]["val/mtp_ce"] - b["val"]["val/mtp_ce"]) < 1e-5
+    # only rank 0 wrote checkpoints and logs: one file set, one MLflow run
+    assert sorted(p.name for p in Path(double.checkpoint.save_dir).iterdir()) == [
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+    ]
+    assert torch.is_tensor(b["modules"]["policy"]["output.weight"])
