@@ -54,6 +54,21 @@ COLUMNS = (
 )
 MAX_SUFFIX = 96
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+# Launcher / distributed variables recorded in result.json (what the job ran under).
+ENV_KEYS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+)
 
 
 @dataclass
@@ -161,6 +176,7 @@ def write_result(
         "save_dir": _abs(_get(cfg, "checkpoint.save_dir")),
         "output_dir": str(job.output_dir.resolve()),
         "elapsed_s": round(elapsed_s, 3),
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "metrics": {k: _plain(v) for k, v in metrics.items()},
     }
     job.output_dir.mkdir(parents=True, exist_ok=True)
