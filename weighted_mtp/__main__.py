@@ -64,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "setup": "weighted_mtp.setup_assets",
     "prepare": "weighted_mtp.data.prepare",
     "export": "weighted_mtp.models.export",
+    "evaluate": "weighted_mtp.evaluation.cli",
 }
 
 

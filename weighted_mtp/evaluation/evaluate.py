@@ -1,0 +1,309 @@
+"""pass@k of a policy checkpoint on a processed split with tests.
+
+One problem = one ``metadata.problem_id`` (the processed files hold several solutions per
+problem): its prompt is built once with the training template (``encode_prompt``), ``n``
+programs are sampled from head 0, each distinct program is run once in the sandbox
+against the problem's tests (stdio or HumanEval), and pass@k is the unbiased estimate
+(needs ``n >= k``). Writes ``results.jsonl`` (one row per problem) and ``summary.json``
+(overall and per difficulty bin) into ``out_dir``; logs to MLflow when a URI is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from weighted_mtp.data.records import Record, check_program, kind_of_tests, read_records, tests_of
+from weighted_mtp.errors import UserError
+from weighted_mtp.evaluation.passk import aggregate, pass_at_k
+from weighted_mtp.evaluation.sandbox import (
+    CheckResult,
+    Limits,
+    check_function,
+    check_stdio,
+    run_many,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BINS: dict[str, list[int]] = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
+
+
+@dataclass
+class EvalConfig:
+    """Everything one evaluation needs (CLI flags and the Hydra ``evaluation`` section)."""
+
+    checkpoint: str
+    data: str
+    out_dir: str
+    ks: list[int] = field(default_factory=lambda: [1])
+    n_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    limit: int | None = None
+    concurrency: int = 2
+    timeout_s: float = 5.0
+    seed: int = 0
+    device: str = "cpu"
+    difficulty_bins: dict[str, list[int]] = field(default_factory=lambda: dict(DEFAULT_BINS))
+    mlflow_uri: str = ""
+    mlflow_experiment: str = ""
+    run_name: str = ""
+
+    def check(self) -> None:
+        """Raise UserError naming every inconsistent field."""
+        errors = []
+        if not self.ks or any(k < 1 for k in self.ks):
+            errors.append(f"k must be positive integers, got {self.ks}")
+        elif self.n_samples < max(self.ks):
+            errors.append(
+                f"pass@{max(self.ks)} needs n_samples >= {max(self.ks)} (got {self.n_samples}): "
+                "raise --n-samples or lower --k"
+            )
+        if self.n_samples > 1 and self.temperature == 0:
+            errors.append("n_samples > 1 with temperature 0 repeats one greedy sample; set it > 0")
+        for name in ("n_samples", "max_new_tokens", "batch_size", "concurrency"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            errors.append(f"limit must be >= 1, got {self.limit}")
+        if not Path(self.data).is_file():
+            errors.append(f"data file not found: {self.data}")
+        if not Path(self.checkpoint).exists():
+            errors.append(f"checkpoint not found: {self.checkpoint}")
+        if errors:
+            raise UserError("evaluation config: " + "; ".join(errors))
+
+
+@dataclass
+class Problem:
+    """One problem: the record whose prompt is used, its tests kind and difficulty."""
+
+    record: Record
+    kind: str
+
+    @property
+    def problem_id(self) -> str:
+        return self.record.problem_id
+
+
+def load_problems(path: str | Path, limit: int | None = None) -> tuple[list[Problem], int]:
+    """Distinct problems of a split in file order (first record of each problem_id).
+
+    Returns ``(problems with tests, number of problems skipped for having no tests)``.
+    """
+    seen: dict[str, Problem] = {}
+    for rec in read_records(path):
+        pid = rec.problem_id
+        kind = kind_of_tests(rec)
+        if pid not in seen or (seen[pid].kind == "none" and kind != "none"):
+            seen[pid] = Problem(rec, kind)
+    problems = [p for p in seen.values() if p.kind != "none"]
+    skipped = len(seen) - len(problems)
+    return problems[:limit] if limit else problems, skipped
+
+
+def score_program(problem: Problem, program: str, limits: Limits) -> CheckResult:
+    """Run ``program`` against the problem's tests in the sandbox."""
+    if problem.kind == "humaneval":
+        return check_function(check_program(problem.record, program), limits)
+    return check_stdio(program, tests_of(problem.record), limits)
+
+
+def score_all(
+    problems: list[Problem], programs: list[list[str]], limits: Limits, concurrency: int
+) -> list[list[CheckResult]]:
+    """Score every sample; a program repeated within a problem is executed once."""
+    unique: dict[tuple[int, str], int] = {}
+    jobs = []
+    for i, progs in enumerate(programs):
+        for prog in progs:
+            if (i, prog) not in unique:
+                unique[(i, prog)] = len(jobs)
+                jobs.append(functools.partial(score_program, problems[i], prog, limits))
+    bar = tqdm(total=len(jobs), desc="execute", unit="prog", dynamic_ncols=True)
+
+    def tick(job):
+        def run():
+            res = job()
+            bar.update(1)
+            return res
+
+        return run
+
+    results = run_many([tick(j) for j in jobs], max_workers=concurrency)
+    bar.close()
+    return [[results[unique[(i, p)]] for p in progs] for i, progs in enumerate(programs)]
+
+
+def integer_bins(bins: dict[str, list[int]]) -> dict[str, list[float]]:
+    """Inclusive integer bins [lo, hi] (the config's meaning) as aggregate's [lo, hi + 1)."""
+    return {name: [float(lo), float(hi) + 1.0] for name, (lo, hi) in bins.items()}
+
+
+def problem_row(
+    problem: Problem, programs: list[str], checks: list[CheckResult], ks: list[int]
+) -> dict[str, Any]:
+    """The results.jsonl row of one problem."""
+    n, c = len(programs), sum(r.passed for r in checks)
+    return {
+        "problem_id": problem.problem_id,
+        "task_id": problem.record.task_id,
+        "difficulty": problem.record.difficulty,
+        "kind": problem.kind,
+        "n": n,
+        "c": c,
+        **{f"pass@{k}": pass_at_k(n, c, k) for k in ks},
+        "samples": [
+            {
+                "completion": prog,
+                "passed": r.passed,
+                "n_passed": r.n_passed,
+                "n_tests": r.n_tests,
+                "status": r.first_failure.status if r.first_failure else "ok",
+            }
+            for prog, r in zip(programs, checks, strict=True)
+        ],
+    }
+
+
+def sample_programs(cfg: EvalConfig, problems: list[Problem]) -> tuple[list[list[str]], dict]:
+    """Load the policy, sample ``n_samples`` programs per problem; returns programs + stats."""
+    from weighted_mtp.data.collate import encode_prompt
+    from weighted_mtp.evaluation.generate import SamplingParams, generate_batched
+    from weighted_mtp.training.checkpoint import load_policy
+    from weighted_mtp.training.runtime import resolve_device
+
+    device = resolve_device(cfg.device)
+    model, tok = load_policy(cfg.checkpoint, device)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    prompts = [encode_prompt(p.record, tok) for p in problems for _ in range(cfg.n_samples)]
+    seed_gen = torch.Generator().manual_seed(cfg.seed)
+    top = torch.iinfo(torch.int64).max
+    seeds = torch.randint(top, (len(prompts),), generator=seed_gen).tolist()
+    bar = tqdm(total=len(prompts), desc="generate", unit="sample", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    outs = generate_batched(
+        model, prompts, params, tok.eos_id, seeds, cfg.batch_size, on_batch=bar.update
+    )
+    seconds = time.perf_counter() - t0
+    bar.close()
+    texts = [tok.decode(o) for o in outs]
+    n_tokens = sum(len(o) for o in outs)
+    per = cfg.n_samples
+    grouped = [texts[i * per : (i + 1) * per] for i in range(len(problems))]
+    stats = {
+        "gen_tokens": n_tokens,
+        "gen_seconds": seconds,
+        "tokens_per_s": n_tokens / max(seconds, 1e-9),
+    }
+    return grouped, stats
+
+
+def summarize(
+    rows: list[dict[str, Any]], ks: list[int], bins: dict[str, list[int]]
+) -> dict[str, Any]:
+    """pass@k overall and per difficulty bin (inclusive integer bins) from problem rows."""
+    triples = [(r["n"], r["c"], r["difficulty"]) for r in rows]
+    summary = aggregate(triples, ks, integer_bins(bins))
+    summary["bins"] = bins
+    return summary
+
+
+def metrics_of(summary: dict[str, Any], ks: list[int]) -> dict[str, float]:
+    """Flat MLflow metrics: eval/pass_at_k overall and per bin (NaN bins left out)."""
+    out = {f"eval/pass_at_{k}": summary[f"pass@{k}"] for k in ks}
+    for name, b in summary.get("by_difficulty", {}).items():
+        out |= {f"eval/{name}/pass_at_{k}": b[f"pass@{k}"] for k in ks}
+    for key in ("n_problems", "tokens_per_s", "gen_seconds", "exec_seconds"):
+        if key in summary:
+            out[f"eval/{key}"] = float(summary[key])
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run one evaluation (see the module docstring); returns the summary."""
+    from weighted_mtp.training.tracking import create_tracker
+
+    cfg.check()
+    problems, skipped = load_problems(cfg.data, cfg.limit)
+    if not problems:
+        raise UserError(f"{cfg.data}: no problem has tests (metadata.tests or humaneval)")
+    if skipped:
+        log.warning("%d problems of %s have no tests and are skipped", skipped, cfg.data)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = cfg.run_name or f"eval-{Path(cfg.checkpoint).stem}"
+    tracker = create_tracker(
+        {
+            "mlflow": {"tracking_uri": cfg.mlflow_uri, "experiment": cfg.mlflow_experiment},
+            "experiment": {"name": name, "stage": "evaluate", "tags": ["evaluation"]},
+            "evaluation": asdict(cfg),
+        }
+    )
+    with tracker:
+        programs, gen_stats = sample_programs(cfg, problems)
+        t0 = time.perf_counter()
+        limits = Limits(timeout_s=cfg.timeout_s)
+        checks = score_all(problems, programs, limits, cfg.concurrency)
+        exec_seconds = time.perf_counter() - t0
+        rows = [
+            problem_row(p, progs, chk, cfg.ks)
+            for p, progs, chk in zip(problems, programs, checks, strict=True)
+        ]
+        with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        summary = summarize(rows, cfg.ks, cfg.difficulty_bins)
+        summary |= gen_stats | {
+            "exec_seconds": exec_seconds,
+            "skipped_no_tests": skipped,
+            "n_samples": cfg.n_samples,
+            "checkpoint": str(cfg.checkpoint),
+            "data": str(cfg.data),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        tracker.log_metrics(metrics_of(summary, cfg.ks), step=0)
+        tracker.log_artifact(out / "summary.json")
+        tracker.log_artifact(out / "results.jsonl")
+    return summary
+
+
+def evaluate_config(cfg: Any) -> dict[str, Any]:
+    """Hydra form: ``cfg.evaluation`` (a mapping of :class:`EvalConfig` fields), with
+    ``mlflow.tracking_uri`` / ``mlflow.experiment`` taken from ``cfg.mlflow`` when the
+    section leaves them out."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    mlflow = OmegaConf.to_container(cfg.mlflow, resolve=True) if "mlflow" in cfg else {}
+    section.setdefault("mlflow_uri", mlflow.get("tracking_uri", ""))
+    section.setdefault("mlflow_experiment", mlflow.get("experiment", ""))
+    return evaluate(EvalConfig(**section))
+
+
+def format_summary(summary: dict[str, Any], ks: list[int]) -> str:
+    """A short text table: overall and per-bin pass@k."""
+    head = f"{'bin':<10}{'problems':>9}" + "".join(f"{f'pass@{k}':>10}" for k in ks)
+    lines = [head]
+
+    def line(name: str, part: dict[str, Any]) -> str:
+        return f"{name:<10}{part['n_problems']:>9}" + "".join(
+            f"{part[f'pass@{k}']:>10.3f}" for k in ks
+        )
+
+    for name, part in summary.get("by_difficulty", {}).items():
+        lines.append(line(name, part))
+    lines.append(line("all", summary))
+    return "\n".join(lines)
