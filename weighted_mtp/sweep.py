@@ -106,22 +106,54 @@ class JobInfo:
         return ",".join(sorted(mine))
 
 
-def swept_keys(sweep_dir: Path) -> set[str] | None:
-    """Keys swept in the sweep saved at ``sweep_dir/multirun.yaml`` (None if unreadable)."""
+def _load_multirun(sweep_dir: Path) -> DictConfig | None:
+    path = sweep_dir / "multirun.yaml"
+    try:
+        return OmegaConf.load(path) if path.is_file() else None
+    except Exception:  # an unreadable file: callers fall back
+        return None
+
+
+def _saved_overrides(saved: DictConfig | None) -> list[Any] | None:
+    """The sweep's parsed overrides, sweeper params first (like BasicSweeper)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
+    if saved is None:
         return None
     try:
-        saved = OmegaConf.load(path)
-        lines = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])]
         params = OmegaConf.select(saved, "hydra.sweeper.params", default=None) or {}
-        lines += [f"{k}={v}" for k, v in params.items()]
-        parsed = OverridesParser.create().parse_overrides(lines)
-    except Exception:  # an unreadable file falls back to override_dirname
+        lines = [f"{k}={v}" for k, v in params.items()]
+        lines += [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])]
+        return OverridesParser.create().parse_overrides(lines)
+    except Exception:
+        return None
+
+
+def swept_keys(sweep_dir: Path) -> set[str] | None:
+    """Keys swept in the sweep saved at ``sweep_dir/multirun.yaml`` (None if unreadable)."""
+    parsed = _saved_overrides(_load_multirun(sweep_dir))
+    if parsed is None:
         return None
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """Every job's overrides, in job-number order, as Hydra's basic sweeper expands them
+    (None for another sweeper or an unreadable multirun.yaml)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    saved = _load_multirun(sweep_dir)
+    parsed = _saved_overrides(saved)
+    if saved is None or parsed is None:
+        return None
+    if not str(OmegaConf.select(saved, "hydra.sweeper._target_", default="")).endswith(
+        "BasicSweeper"
+    ):
+        return None
+    try:
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception:
+        return None
 
 
 def job_suffix(num: int, swept: str) -> str:
@@ -195,12 +227,21 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One summary row per job dir, ordered by job number.
+    """One summary row per job, ordered by job number.
 
-    status: ``ok``; ``failed`` (the task raised: message in ``error``); ``crashed``
-    (no result.json: the process died, was killed or timed out).
+    status: ``ok``; ``failed`` (the task raised: message in ``error``); ``crashed`` (a
+    job dir without result.json: the process died, was killed or timed out); ``missing``
+    (an expected job with no output dir at all: it never started).
     """
     rows = [_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
+    seen = {r["job"] for r in rows}
+    for num, overrides in enumerate(expected_jobs(sweep_dir) or []):
+        if num not in seen:
+            row = dict.fromkeys(COLUMNS, "")
+            row.update(job=num, status="missing", overrides=" ".join(overrides))
+            row["error"] = "no output dir: the job never started (see .submitit/ or the log)"
+            row["user_error"] = False
+            rows.append(row)
     return sorted(rows, key=lambda r: r["job"] if isinstance(r["job"], int) else 1 << 30)
 
 

@@ -133,6 +133,26 @@ def test_failed_job_shows_in_summary(micro_storage: Path, tmp_path: Path) -> Non
     assert "1    failed" in out.stdout and "1 of 2 sweep jobs failed" in out.stderr
 
 
+def test_killed_submitit_jobs_are_listed(micro_storage: Path, tmp_path: Path) -> None:
+    """Jobs killed at once (timeout 0) leave no result.json: still one row each, exit 1."""
+    out, sweep_dir = run_sweep(
+        tmp_path,
+        micro_storage,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=0",
+        "stage=baseline",
+        "training.learning_rate=1e-4,2e-4",
+    )
+    assert out.returncode == 1, out.stderr
+    rows = read_summary(sweep_dir)
+    assert [r["job"] for r in rows] == ["0", "1"]
+    assert {r["status"] for r in rows} <= {"missing", "crashed"}, rows
+    assert rows[1]["overrides"].endswith("training.learning_rate=0.0002") or (
+        "training.learning_rate=0.0002" in rows[1]["overrides"]
+    )
+    assert "missing" in out.stdout or "crashed" in out.stdout
+
+
 def test_crashed_job_without_result_is_listed(tmp_path: Path) -> None:
     """A job dir with Hydra's .hydra/ but no result.json (the process died) is 'crashed'."""
     ok, dead = tmp_path / "0", tmp_path / "1"
@@ -174,13 +194,22 @@ def test_swept_keys_from_multirun_yaml(tmp_path: Path) -> None:
             {
                 "hydra": {
                     "overrides": {"task": ["stage=rho1", "training.k_percent=0.4,0.6"]},
-                    "sweeper": {"params": {"training.temperature": "0.5,1.0"}},
+                    "sweeper": {
+                        "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                        "params": {"training.temperature": "0.5,1.0"},
+                    },
                 }
             }
         )
     )
     assert sweep.swept_keys(tmp_path) == {"training.k_percent", "training.temperature"}
     assert sweep.swept_keys(tmp_path / "none") is None
+    assert sweep.expected_jobs(tmp_path) == [
+        ["training.temperature=0.5", "stage=rho1", "training.k_percent=0.4"],
+        ["training.temperature=0.5", "stage=rho1", "training.k_percent=0.6"],
+        ["training.temperature=1.0", "stage=rho1", "training.k_percent=0.4"],
+        ["training.temperature=1.0", "stage=rho1", "training.k_percent=0.6"],
+    ]
 
 
 def _hydra_cfg(*overrides: str):
