@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import storage_overrides
+from tests.conftest import REPO, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
 from weighted_mtp import sweep
 from weighted_mtp.config.schema import register_schema
@@ -242,3 +242,30 @@ def test_python_m_cli_entrypoint() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "stage: rho1" in out.stdout
+
+
+def test_vessl_run_spec_command_composes() -> None:
+    """deploy/vessl/run.yaml's torchrun line, run as python -m weighted_mtp.cli --cfg job."""
+    spec = yaml.safe_load((REPO / "deploy" / "vessl" / "run.yaml").read_text())
+    assert {"name", "resources", "image", "run"} <= set(spec)
+    (line,) = [ln for ln in spec["run"][0]["command"].splitlines() if "torchrun" in ln]
+    assert "--nproc_per_node 4 -m weighted_mtp.cli" in line and "profile=vessl" in line
+    cmd = line.strip().replace(
+        "torchrun --standalone --nproc_per_node 4 -m weighted_mtp.cli",
+        f"{sys.executable} -m weighted_mtp.cli",
+    )
+    env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}}
+    env["WMTP_OVERRIDES"] = "training.k_percent=0.4"
+    out = subprocess.run(
+        ["bash", "-c", f"{cmd} --cfg job"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    job = yaml.safe_load(out.stdout)
+    assert job["experiment"]["stage"] == spec["env"]["STAGE"]
+    assert job["checkpoint"]["save_dir"] == f"/output/checkpoints/{spec['env']['STAGE']}"
+    assert job["training"]["k_percent"] == 0.4 and job["runtime"]["device"] == "cuda"
