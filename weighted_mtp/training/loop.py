@@ -10,6 +10,7 @@ schedule; log every ``log_interval`` steps; validate and checkpoint every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -30,6 +31,7 @@ from weighted_mtp.models.formats import load_model
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer
 from weighted_mtp.training import distributed as dist
+from weighted_mtp.training import fsdp
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.evaluate import Validator
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
@@ -103,11 +105,18 @@ def _train(
     seed_everything(cfg.runtime.seed)
     amp = amp_dtype(cfg.runtime.mixed_precision, cfg.runtime.amp_dtype)
     tokenizer = load_tokenizer(tokenizer_path(cfg))
-    model = load_model(cfg.models.policy.path, cfg.models.policy.dtype, device)
+    sharded = cfg.runtime.distributed == "fsdp" and info.enabled
+    # fsdp: full weights in CPU memory only; fully_shard moves each rank's shards to device
+    model = load_model(
+        cfg.models.policy.path, cfg.models.policy.dtype, "cpu" if sharded else device
+    )
     model.set_activation_checkpointing(t_cfg.activation_checkpointing)
     task = build_task(cfg, model, tokenizer, device)
     if not task.train_policy:
         model.requires_grad_(False)
+    if sharded:
+        fsdp.shard(model, device, info.world_size, amp)
+    fsdp_step = sharded and task.train_policy
     modules = task.trainable_modules(model)
     for m in modules.values():
         m.train()
@@ -123,6 +132,7 @@ def _train(
     )
     plan = _plan(cfg, sampler.total, info.world_size)
     params = [p for m in modules.values() for p in m.parameters()]
+    replicated = [p for m in modules.values() if not fsdp.is_sharded(m) for p in m.parameters()]
     optimizer = build_optimizer(params, t_cfg.learning_rate, t_cfg.weight_decay)
     scheduler = build_scheduler(
         optimizer, plan.total_steps, t_cfg.warmup_ratio, t_cfg.lr_scheduler, t_cfg.min_lr_ratio
@@ -157,6 +167,8 @@ def _train(
         den = denominators(task, batches, model.n_future_tokens)
         den.mtp, den.value = (dist.all_reduce_sum(d, info) for d in (den.mtp, den.value))
         den = den.scaled(loss_scale)
+        if fsdp_step:
+            fsdp.begin_step(model)
         parts = []
         for b in batches:
             with autocast(device, amp):
@@ -177,9 +189,12 @@ def _train(
                 f"loss is {loss} at step {step + 1}: training stopped before the update; "
                 f"the last good checkpoint in {saver.save_dir} is unchanged"
             )
-        dist.sum_gradients(params, info)
+        if fsdp_step:
+            fsdp.reduce_gradients(model)  # the policy's one reduction of this step
+        dist.sum_gradients(replicated, info)
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
+        clip = fsdp.clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
+        grad_norm = clip(params, t_cfg.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -197,12 +212,12 @@ def _train(
                 log.info("step %d/%d %s", step, plan.total_steps, _fmt(metrics))
         interval = plan.checkpoint_interval
         if interval and step % interval == 0 and step < plan.total_steps:
-            val = validator.run()
+            val = _validate(validator, model, sharded)
             history.append({"step": step, **val})
             tracker.log_metrics(val, step)
             saver.periodic(step, val)
     bar.close()
-    val = validator.run()
+    val = _validate(validator, model, sharded)
     history.append({"step": step, **val})
     tracker.log_metrics(val, step)
     final = saver.final(step, val)
@@ -222,6 +237,12 @@ def _train(
         print(f"{cfg.experiment.stage} done: step {step}/{plan.total_steps} {_fmt(result)}")
         print(f"  checkpoints: {saver.save_dir}", flush=True)
     return result | {"history": history}
+
+
+def _validate(validator: Validator, model: MTPTransformer, sharded: bool) -> dict[str, float]:
+    """fsdp: with every unit unsharded, since ranks may run different numbers of batches."""
+    with fsdp.full_weights(model) if sharded else contextlib.nullcontext():
+        return validator.run()
 
 
 def _step_metrics(parts, task: Task, loss, grad_norm, scheduler, sampler) -> dict[str, float]:
