@@ -272,6 +272,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "n_samples": cfg.n_samples,
             "checkpoint": str(cfg.checkpoint),
             "data": str(cfg.data),
+            "mlflow_run_id": tracker.run_id,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.log_metrics(metrics_of(summary, cfg.ks), step=0)

@@ -1,0 +1,181 @@
+"""`python -m weighted_mtp evaluate` end to end, and the scoring path on known programs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from weighted_mtp.data.records import Record, read_records
+from weighted_mtp.evaluation import evaluate as ev
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy machine's barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _split(root: Path, name: str = "test") -> Path:
+    return root / "datasets" / "synthetic" / "processed" / f"{name}.jsonl"
+
+
+def test_evaluate_cli_on_a_trained_checkpoint(make_cfg, tmp_path: Path, micro_storage: Path):
+    from weighted_mtp import app
+    from weighted_mtp.__main__ import main
+
+    cfg = make_cfg("baseline", "training.learning_rate=1e-3")
+    app.run(cfg)
+    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt"
+    assert ckpt.is_file()
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(_split(micro_storage))]
+    argv += ["--k", "1,2", "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95"]
+    argv += ["--max-new-tokens", "24", "--limit", "4", "--out", str(out), "--seed", "3"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len({r["problem_id"] for r in rows}) == 4
+    for r in rows:
+        assert r["n"] == 2 and len(r["samples"]) == 2 and 0 <= r["c"] <= 2
+        assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["by_difficulty"]) == {"low", "medium", "high"}
+    binned = sum(b["n_problems"] for b in summary["by_difficulty"].values())
+    assert binned + summary["unbinned"] == summary["n_problems"] == 4
+    assert 0.0 <= summary["pass@1"] <= summary["pass@2"] <= 1.0
+    assert summary["tokens_per_s"] > 0 and summary["gen_tokens"] > 0
+    # same seed, same samples
+    again = tmp_path / "again"
+    assert main([*argv[:-3], str(again), "--seed", "3"]) == 0
+    assert (again / "results.jsonl").read_text() == (out / "results.jsonl").read_text()
+
+
+def test_evaluate_rejects_pass_at_k_on_too_few_samples(micro_storage: Path, tmp_path: Path):
+    from weighted_mtp.__main__ import main
+
+    policy = micro_storage / "models" / "micro-mtp"
+    argv = ["evaluate", "--checkpoint", str(policy), "--data", str(_split(micro_storage))]
+    assert main([*argv, "--k", "1,5", "--n-samples", "1", "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--n-samples", "3", "--out", str(tmp_path)]) == 2  # greedy x3
+
+
+def _reference_programs(path: Path) -> dict[str, dict[bool, str]]:
+    """problem_id -> {is_correct: first solution of that label}."""
+    out: dict[str, dict[bool, str]] = defaultdict(dict)
+    for r in read_records(path):
+        out[r.problem_id].setdefault(r.is_correct, r.output)
+    return out
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_scoring_path_runs_reference_solutions(
+    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, correct: bool
+):
+    """A "perfect" (or always wrong) model: the known solutions go through the same
+    sandbox scoring, pass@k and summary as sampled programs."""
+    data = _split(micro_storage, "valid")
+    refs = _reference_programs(data)
+    both = [pid for pid, d in refs.items() if len(d) == 2][:5]
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text(
+        "".join(r.to_json() + "\n" for r in read_records(data) if r.problem_id in both)
+    )
+
+    def fake_sample(cfg, problems):
+        progs = [[refs[p.problem_id][correct]] * cfg.n_samples for p in problems]
+        return progs, {"gen_tokens": 0, "gen_seconds": 0.0, "tokens_per_s": 0.0}
+
+    monkeypatch.setattr(ev, "sample_programs", fake_sample)
+    cfg = ev.EvalConfig(
+        checkpoint=str(micro_storage / "models" / "micro-mtp"),
+        data=str(subset),
+        out_dir=str(tmp_path / "out"),
+        ks=[1, 2],
+        n_samples=2,
+        temperature=1.0,
+    )
+    summary = ev.evaluate(cfg)
+    want = 1.0 if correct else 0.0
+    assert summary["n_problems"] == 5
+    assert summary["pass@1"] == summary["pass@2"] == want
+    rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert all(s["passed"] is correct for s in r["samples"])
+        if not correct:  # a wrong program fails a real test run, with its status recorded
+            assert r["samples"][0]["n_passed"] < r["samples"][0]["n_tests"]
+
+
+def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
+    rec = Record(
+        instruction="Complete the function.",
+        input="def add(a, b):\n",
+        output="    return a + b\n",
+        task_id="HumanEval/x",
+        is_correct=True,
+        metadata={
+            "source": "humaneval",
+            "difficulty": 0,
+            "problem_id": "HumanEval/x",
+            "humaneval": {
+                "prompt": "def add(a, b):\n",
+                "test": "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n",
+                "entry_point": "add",
+            },
+        },
+    )
+    problem = ev.Problem(rec, "humaneval")
+    limits = ev.Limits(timeout_s=5.0)
+    checks = ev.score_all([problem], [["    return a + b\n", "    return a - b\n"]], limits, 2)
+    assert [c.passed for c in checks[0]] == [True, False]
+    row = ev.problem_row(problem, ["a", "b"], checks[0], [1, 2])
+    assert row["pass@1"] == 0.5 and row["pass@2"] == 1.0
+    assert ev.summarize([row], [1], ev.DEFAULT_BINS)["unbinned"] == 1  # difficulty 0
+
+
+def test_integer_bins_put_edges_in_their_bin():
+    rows = [{"n": 1, "c": int(d % 2 == 0), "difficulty": d} for d in range(1, 12)]
+    s = ev.summarize(rows, [1], ev.DEFAULT_BINS)
+    counts = {name: b["n_problems"] for name, b in s["by_difficulty"].items()}
+    assert counts == {"low": 3, "medium": 4, "high": 4} and s["unbinned"] == 0
+    assert s["by_difficulty"]["low"]["pass@1"] == pytest.approx(1 / 3)
+
+
+def test_hydra_form_logs_to_mlflow(
+    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlruns"
+    cfg = OmegaConf.create(
+        {
+            "evaluation": {
+                "checkpoint": str(micro_storage / "models" / "micro-mtp"),
+                "data": str(_split(micro_storage)),
+                "out_dir": str(tmp_path / "out"),
+                "ks": [1],
+                "max_new_tokens": 8,
+                "limit": 2,
+            },
+            "mlflow": {"tracking_uri": str(store), "experiment": "eval-test"},
+        }
+    )
+    summary = ev.evaluate_config(cfg)
+    assert summary["mlflow_run_id"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["eval/pass_at_1"] == summary["pass@1"]
+    assert run.data.metrics["eval/n_problems"] == 2
+    assert run.data.params["evaluation.n_samples"] == "1"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "summary.json",
+        "results.jsonl",
+    }
