@@ -33,6 +33,12 @@ format: $(STAMP)
 setup: $(STAMP)
 	$(BIN)/python -m weighted_mtp setup
 
+# setup + train critic -> verifiable, baseline, rho1 + pass@k on test.jsonl + table/plot
+demo: $(STAMP)
+	$(BIN)/python -m weighted_mtp.demo
+
+bench-decode: $(STAMP) ; $(BIN)/python benchmarks/decode.py
+
 # Write the seed's 8 flat config files (configs/<stage>/<stage>[_local].yaml) from conf/.
 seed-configs: $(STAMP)
 	for s in baseline critic verifiable rho1; do \
