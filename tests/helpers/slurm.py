@@ -91,8 +91,10 @@ class LocalSlurm:
         self._wait_node_idle(timeout)
 
     def stop(self) -> None:
-        """Cancel what is left, then stop slurmd, slurmctld, munged (reverse start order)."""
-        if self.conf.is_file() and any(p.is_file() for p in self._pid_files):
+        """Let jobs finish (cancel them after a grace period), then stop slurmd,
+        slurmctld and munged by their pid files (reverse start order)."""
+        slurm_up = self.conf.is_file() and any(p.is_file() for p in self._pid_files[1:])
+        if slurm_up and not self._wait_drained(30):
             subprocess.run(
                 ["scancel", "--full", "--quiet", "--user", "root"],
                 env=self.env,
@@ -100,10 +102,30 @@ class LocalSlurm:
                 timeout=30,
                 check=False,
             )
+            self._wait_drained(15)
         for pid_file in reversed(self._pid_files):
             _stop_pid_file(pid_file)
         self._pid_files.clear()
         shutil.rmtree(self.munge_dir, ignore_errors=True)
+
+    def _wait_drained(self, timeout: float) -> bool:
+        """True once no job is queued and no job step runs (its slurmstepd removes the
+        step's socket <spool>/<node>_<job>.<step> when it exits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            q = subprocess.run(
+                ["squeue", "-h", "-o", "%i"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            steps = list((self.root / "spool").glob(f"{self.node}_*"))
+            if q.returncode == 0 and not q.stdout.strip() and not steps:
+                return True
+            time.sleep(0.5)
+        return False
 
     # -- parts -----------------------------------------------------------------------
     def _start_munge(self) -> None:
