@@ -71,11 +71,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -249,15 +245,10 @@ class Checkpointer:
 
     def state(self, val: dict[str, float]) -> dict[str, Any]:
         """The whole state (``modules`` and ``optimizer`` omitted when sharded)."""
-        task = self.task
-        full = (
-            {}
-            if self.sharded
-            else {
-                "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                "optimizer": self.optimizer.state_dict(),
-            }
-        )
+        task, full = self.task, {}
+        if not self.sharded:
+            full["modules"] = {k: m.state_dict() for k, m in self.modules.items()}
+            full["optimizer"] = self.optimizer.state_dict()
         return full | {
             "format": FORMAT_VERSION,
             "stage": self.cfg.experiment.stage,

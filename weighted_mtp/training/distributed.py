@@ -10,6 +10,10 @@ run. The loss is normalised by the *global* token count (all ranks, all micro-ba
 so the summed gradient equals the single-process gradient of the same global batch.
 (torch's DistributedDataParallel wrapper is not used: the head-by-head MTP loss runs
 several backward passes per micro-batch, and DDP's reducer fires per backward pass.)
+
+``runtime.distributed=fsdp`` shards the policy with FSDP2 instead (see
+:mod:`weighted_mtp.training.fsdp`: one reduce-scatter per unit per optimizer step); only
+parameters outside it (a value head) are still summed here.
 """
 
 from __future__ import annotations
