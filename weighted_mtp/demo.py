@@ -33,11 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage", type=Path, default=Path("storage"), help="storage root")
     p.add_argument("--out", type=Path, default=None, help="run dir (default storage/demo/<ts>)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--epochs", type=float, default=2.0, help="epochs of the policy stages")
+    p.add_argument("--epochs", type=float, default=3.0, help="epochs of the policy stages")
     p.add_argument("--critic-epochs", type=float, default=0.5, help="epochs of the critic")
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (policy stages)")
+    p.add_argument("--val-samples", type=int, default=64, help="validation records scored")
     p.add_argument("--evals-per-epoch", type=int, default=4, help="validation points per epoch")
     p.add_argument("--eval-samples", type=int, default=5, help="samples per test problem")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -67,6 +68,7 @@ def stage_overrides(args: argparse.Namespace, stage: str, run_dir: Path) -> list
         f"training.batch_size={args.batch_size}",
         "training.gradient_accumulation_steps=1",
         "training.warmup_ratio=0.05",
+        f"training.eval_samples={args.val_samples}",
         f"checkpoint.save_dir={run_dir / 'checkpoints' / stage}",
         f"checkpoint.save_checkpoint_every={1 / args.evals_per_epoch}",
         "checkpoint.save_total_limit=1",
@@ -94,23 +96,34 @@ def train_stage(args: argparse.Namespace, stage: str, run_dir: Path) -> dict[str
 
 
 def evaluate_stage(args: argparse.Namespace, stage: str, ckpt: str, run_dir: Path) -> dict:
-    """Sampled pass@1 and pass@n on the held-out split."""
+    """Greedy pass@1, and sampled pass@1 / pass@n, on the held-out split."""
     from weighted_mtp.evaluation.evaluate import EvalConfig, evaluate
 
     n = args.eval_samples
-    cfg = EvalConfig(
+    common = dict(
         checkpoint=ckpt,
         data=str(args.storage / "datasets" / "synthetic" / "processed" / "test.jsonl"),
-        out_dir=str(run_dir / "eval" / stage),
-        ks=sorted({1, n}),
-        n_samples=n,
-        temperature=args.temperature if n > 1 else 0.0,
-        top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         seed=0,
     )
-    return evaluate(cfg)
+    greedy = evaluate(EvalConfig(out_dir=str(run_dir / "eval" / stage / "greedy"), **common))
+    sampled = evaluate(
+        EvalConfig(
+            out_dir=str(run_dir / "eval" / stage / "sampled"),
+            ks=sorted({1, n}),
+            n_samples=n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            **common,
+        )
+    )
+    return {
+        "greedy_pass@1": greedy["pass@1"],
+        **{key: sampled[key] for key in (f"pass@{j}" for j in sorted({1, n}))},
+        "gen_tokens_per_s": sampled["tokens_per_s"],
+        "by_difficulty": {"greedy": greedy["by_difficulty"], "sampled": sampled["by_difficulty"]},
+    }
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -121,7 +134,8 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]], k: int) -> str:
     """The comparison table as markdown."""
-    cols = ["stage", "train loss", "val loss", "val head0 CE", "pass@1", f"pass@{k}"]
+    cols = ["stage", "train loss", "val loss", "val head0 CE", "greedy pass@1", "pass@1"]
+    cols += [f"pass@{k}"]
     cols += ["train tok/s", "gen tok/s", "train s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -130,6 +144,7 @@ def table(rows: list[dict[str, Any]], k: int) -> str:
             _fmt(r.get("train/loss"), ".3f"),
             _fmt(r.get("val/loss"), ".3f"),
             _fmt(r.get("val/head0_ce"), ".3f"),
+            _fmt(r.get("greedy_pass@1"), ".3f"),
             _fmt(r.get("pass@1"), ".3f"),
             _fmt(r.get(f"pass@{k}"), ".3f"),
             _fmt(r.get("tokens_per_s"), ".0f"),
@@ -155,12 +170,15 @@ def plot(rows: list[dict[str, Any]], histories: dict[str, list[dict]], k: int, p
     ax1.set(xlabel="optimizer step", ylabel="validation MTP CE", title="Validation loss")
     ax1.legend()
     evald = [r for r in rows if r.get("pass@1") is not None]
+    bars = [("greedy_pass@1", "greedy pass@1"), ("pass@1", "pass@1"), (f"pass@{k}", f"pass@{k}")]
+    width = 0.8 / len(bars)
+    for j, (key, label) in enumerate(bars):
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(evald))]
+        ax2.bar(xs, [r[key] for r in evald], width, label=label)
     x = range(len(evald))
-    width = 0.4
-    ax2.bar([i - width / 2 for i in x], [r["pass@1"] for r in evald], width, label="pass@1")
-    ax2.bar([i + width / 2 for i in x], [r[f"pass@{k}"] for r in evald], width, label=f"pass@{k}")
     ax2.set_xticks(list(x), [r["stage"] for r in evald])
-    ax2.set(ylim=(0, 1), ylabel="held-out synthetic", title="pass@k (test.jsonl)")
+    top = max([r[key] for r in evald for key, _ in bars] + [0.05])
+    ax2.set(ylim=(0, min(1.0, top * 1.2)), ylabel="held-out synthetic", title="pass@k (test.jsonl)")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -188,16 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         row = {"stage": stage, **res}
         if stage in POLICY_STAGES:
             print(f"=== {stage}: evaluate on test.jsonl ===", flush=True)
-            summary = evaluate_stage(args, stage, res["checkpoint"], run_dir)
-            row |= {key: summary[key] for key in (f"pass@{j}" for j in sorted({1, k}))}
-            row["gen_tokens_per_s"] = summary["tokens_per_s"]
-            row["by_difficulty"] = summary["by_difficulty"]
+            row |= evaluate_stage(args, stage, res["checkpoint"], run_dir)
         rows.append(row)
     md = table(rows, k)
     wall = time.perf_counter() - t_start
     note = (
-        f"\n\npass@k: {k} samples per problem (temperature {args.temperature}, top-p "
-        f"{args.top_p}), unbiased estimator; critic trains only the value head (its losses "
+        f"\n\nHeld-out test.jsonl problems; greedy pass@1 from one greedy sample, pass@1 and "
+        f"pass@{k} from {k} samples per problem (temperature {args.temperature}, top-p "
+        f"{args.top_p}), unbiased estimator. Critic trains only the value head (its losses "
         f"are value losses). Total wall time {wall:.0f} s.\n"
     )
     (run_dir / "results.md").write_text(md + note)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -179,3 +180,24 @@ def test_hydra_form_logs_to_mlflow(
         "summary.json",
         "results.jsonl",
     }
+
+
+def test_demo_smoke(micro_storage: Path, tmp_path: Path):
+    """The demo's whole path on a tiny budget: four stages, three evaluations, outputs."""
+    from weighted_mtp import demo
+
+    out = tmp_path / "demo"
+    argv = ["--storage", str(micro_storage), "--out", str(out), "--n-samples", "16"]
+    argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "4"]
+    argv += ["--evals-per-epoch", "2", "--eval-samples", "2", "--limit", "2"]
+    argv += ["--max-new-tokens", "8"]
+    assert demo.main(argv) == 0
+    md = (out / "results.md").read_text()
+    for stage in ("critic", "verifiable", "baseline", "rho1"):
+        assert f"| {stage} |" in md
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["critic", "verifiable", "baseline", "rho1"]
+    for r in rows[1:]:
+        assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and 0.0 <= r["greedy_pass@1"] <= 1.0
+        assert math.isfinite(r["val/loss"]) and r["tokens_per_s"] > 0
+    assert (out / "results.png").stat().st_size > 0
