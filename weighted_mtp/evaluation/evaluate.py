@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from weighted_mtp.data.records import Record, check_program, kind_of_tests, read_records, tests_of
 from weighted_mtp.errors import UserError
+from weighted_mtp.evaluation.generate import SamplingParams
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
 from weighted_mtp.evaluation.sandbox import (
     CheckResult,
@@ -73,9 +74,13 @@ class EvalConfig:
             )
         if self.n_samples > 1 and self.temperature == 0:
             errors.append("n_samples > 1 with temperature 0 repeats one greedy sample; set it > 0")
-        for name in ("n_samples", "max_new_tokens", "batch_size", "concurrency"):
+        for name in ("n_samples", "batch_size", "concurrency"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            SamplingParams(self.max_new_tokens, self.temperature, self.top_p)
+        except ValueError as exc:
+            errors.append(str(exc))
         if self.limit is not None and self.limit < 1:
             errors.append(f"limit must be >= 1, got {self.limit}")
         if not Path(self.data).is_file():
@@ -181,7 +186,7 @@ def problem_row(
 def sample_programs(cfg: EvalConfig, problems: list[Problem]) -> tuple[list[list[str]], dict]:
     """Load the policy, sample ``n_samples`` programs per problem; returns programs + stats."""
     from weighted_mtp.data.collate import encode_prompt
-    from weighted_mtp.evaluation.generate import SamplingParams, generate_batched
+    from weighted_mtp.evaluation.generate import generate_batched
     from weighted_mtp.training.checkpoint import load_policy
     from weighted_mtp.training.runtime import resolve_device
 

@@ -67,7 +67,8 @@ def choose(
     probs = filter_top_p(torch.softmax(logits.float() / params.temperature, -1), params.top_p)
     u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators])
     cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).to(cdf.device)[:, None]).squeeze(-1)
+    # right=True: the first token whose cdf exceeds the draw (never a zero-probability one)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
