@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     plain()  # warm-up
     ref, t_plain = _timed(plain, args.repeats)
     n_tok = sum(len(o) for o in ref)
-    print(f"checkpoint: {ckpt}\n{len(prompts)} prompts, {n_tok} greedy tokens, batch 1, ")
+    print(f"checkpoint: {ckpt}\n{len(prompts)} prompts, {n_tok} greedy tokens, batch 1,")
     print(f"{args.threads} thread(s), median of {args.repeats}\n")
     head = f"{'method':<22}{'tok/s':>9}{'speed-up':>10}{'accept':>9}{'tok/fwd':>9}{'same':>7}"
     print(head)
