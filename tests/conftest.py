@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# One intra-op thread per process: the suite runs on small machines (2 cores) and starts
+# subprocesses (torchrun ranks, sweeps); oversubscribed torch threads spin and crawl.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("baseline", "critic", "verifiable", "rho1")

@@ -26,6 +26,7 @@ from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
 from weighted_mtp.config.validate import CONF_DIR
 from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
+from weighted_mtp.training.loop import TrainingDiverged
 
 log = logging.getLogger("weighted_mtp.cli")
 _task_started = False
@@ -77,6 +78,9 @@ def _hydra_main(cfg: DictConfig) -> object:
         sys.exit(USER_ERROR_EXIT_CODE)
     except Exception as exc:
         sweep.write_result(cfg, job, error=exc, elapsed_s=_since(t0))
+        if not job.multirun and isinstance(exc, TrainingDiverged):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(1)
         if not job.multirun:
             raise
         log.exception("job %d failed", job.num)
@@ -126,6 +130,37 @@ def _exit_for_sweep(rows: list[dict] | None) -> None:
         return
     print(f"{len(failed)} of {len(rows or [])} sweep jobs failed", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT_CODE if all(r["user_error"] for r in failed) else 1)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def _hydra_evaluate(cfg: DictConfig) -> dict:
+    from weighted_mtp.evaluation.evaluate import evaluate_config, format_summary
+
+    global _task_started
+    _task_started = True
+    try:
+        summary = evaluate_config(cfg)
+    except (UserError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    print(format_summary(summary, list(cfg.evaluation.ks)))
+    print(f"results in {cfg.evaluation.out_dir}", flush=True)
+    return summary
+
+
+def evaluate_main() -> None:
+    """``wmtp-eval``: pass@k of a checkpoint, composed from conf/evaluate.yaml."""
+    register_schema()
+    try:
+        sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:])]
+        _hydra_evaluate()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except SystemExit as exc:
+        if exc.code == 1 and not _task_started:  # composition error: a user error
+            sys.exit(USER_ERROR_EXIT_CODE)
+        raise
 
 
 if __name__ == "__main__":

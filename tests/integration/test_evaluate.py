@@ -147,27 +147,33 @@ def test_integer_bins_put_edges_in_their_bin():
     assert s["by_difficulty"]["low"]["pass@1"] == pytest.approx(1 / 3)
 
 
-def test_hydra_form_logs_to_mlflow(
-    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    from omegaconf import OmegaConf
+def test_hydra_form_logs_to_mlflow(micro_storage: Path, tmp_path: Path):
+    """``wmtp-eval`` (the Hydra form): composed from conf/evaluate.yaml, logged to MLflow."""
+    import subprocess
+    import sys
 
-    monkeypatch.chdir(tmp_path)
     store = tmp_path / "mlruns"
-    cfg = OmegaConf.create(
-        {
-            "evaluation": {
-                "checkpoint": str(micro_storage / "models" / "micro-mtp"),
-                "data": str(_split(micro_storage)),
-                "out_dir": str(tmp_path / "out"),
-                "ks": [1],
-                "max_new_tokens": 8,
-                "limit": 2,
-            },
-            "mlflow": {"tracking_uri": str(store), "experiment": "eval-test"},
-        }
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("wmtp-eval")),
+            f"evaluation.checkpoint={micro_storage / 'models' / 'micro-mtp'}",
+            f"evaluation.data={_split(micro_storage)}",
+            "evaluation.ks=[1]",
+            "evaluation.max_new_tokens=8",
+            "evaluation.limit=2",
+            f"evaluation.mlflow_uri={store}",
+            "evaluation.mlflow_experiment=eval-test",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    summary = ev.evaluate_config(cfg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pass@1" in out.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mlflow_run_id"]
     from mlflow import MlflowClient
 

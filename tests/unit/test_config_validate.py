@@ -62,7 +62,7 @@ def problems(overrides: list[str], path_overrides: list[str], check_paths: bool 
         (["runtime.amp_dtype=float8"], "runtime.amp_dtype", "bfloat16, float16"),
         (["models.value_head.type=conv"], "models.value_head.type", "linear, mlp"),
         (["runtime.distributed=zero3"], "runtime.distributed", "ddp, fsdp"),
-        (["checkpoint.resume=/nonexistent.pt"], "checkpoint.resume", "not a checkpoint file"),
+        (["checkpoint.resume=/nonexistent.pt"], "checkpoint.resume", "is not a checkpoint"),
         (["stage=verifiable", "training.value_coef=-1"], "training.value_coef", ">= 0"),
         (["stage=verifiable", "training.weight_clip_min=-1"], "training.weight_clip_min", ">= 0"),
         (["training.log_interval=0"], "training.log_interval", "> 0"),

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO
 from weighted_mtp.__main__ import build_parser
 from weighted_mtp.config.loader import compose
+from weighted_mtp.config.schema import EvalRootConfig
 
 README = (REPO / "README.md").read_text()
 
@@ -29,6 +30,7 @@ def leaf_keys(node: dict, prefix: str = "") -> set[str]:
 def test_every_config_field_is_documented() -> None:
     documented = set(re.findall(r"^\| `([\w.]+)` \|", README, flags=re.M))
     fields = leaf_keys(OmegaConf.to_container(compose(["stage=verifiable"])))
+    fields |= leaf_keys(OmegaConf.to_container(OmegaConf.structured(EvalRootConfig)))
     assert fields - documented == set()
     assert (
         documented

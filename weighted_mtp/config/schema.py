@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 SCHEMA_NAME = "wmtp_schema"
+EVAL_SCHEMA_NAME = "wmtp_eval_schema"
 
 
 @dataclass
@@ -162,9 +163,42 @@ class WmtpConfig:
     weighting: Any = None
 
 
+@dataclass
+class EvaluationConfig:
+    """pass@k of a checkpoint on a processed split with tests (``wmtp-eval``,
+    ``python -m weighted_mtp evaluate``)."""
+
+    checkpoint: str = MISSING  # a training checkpoint (.pt / fsdp dir) or a Meta model dir
+    data: str = MISSING  # processed jsonl with tests (synthetic, humaneval, codecontests)
+    out_dir: str = "storage/eval"  # results.jsonl + summary.json
+    ks: list[int] = field(default_factory=lambda: [1])
+    n_samples: int = 1  # programs per problem (>= max ks)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16  # prompts per generation batch
+    limit: int | None = None  # first N problems only
+    concurrency: int = 2  # programs executed at once
+    timeout_s: float = 5.0  # wall-clock limit per program run
+    seed: int = 0
+    device: str = "cpu"
+    difficulty_bins: dict[str, list[int]] = field(
+        default_factory=lambda: {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
+    )
+    mlflow_uri: str = ""  # "" = off
+    mlflow_experiment: str = ""
+    run_name: str = ""
+
+
+@dataclass
+class EvalRootConfig:
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
 def register_schema() -> None:
-    """Register the root schema in Hydra's ConfigStore (idempotent)."""
+    """Register the root schemas in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=WmtpConfig)
+    ConfigStore.instance().store(name=EVAL_SCHEMA_NAME, node=EvalRootConfig)
 
 
 def structured(data: Any | None = None) -> DictConfig:

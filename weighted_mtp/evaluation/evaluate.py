@@ -15,13 +15,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from weighted_mtp.config.schema import EvaluationConfig
 from weighted_mtp.data.records import Record, check_program, kind_of_tests, read_records, tests_of
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation.generate import SamplingParams
@@ -39,28 +40,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BINS: dict[str, list[int]] = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
 
 
-@dataclass
-class EvalConfig:
-    """Everything one evaluation needs (CLI flags and the Hydra ``evaluation`` section)."""
-
-    checkpoint: str
-    data: str
-    out_dir: str
-    ks: list[int] = field(default_factory=lambda: [1])
-    n_samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    batch_size: int = 16
-    limit: int | None = None
-    concurrency: int = 2
-    timeout_s: float = 5.0
-    seed: int = 0
-    device: str = "cpu"
-    difficulty_bins: dict[str, list[int]] = field(default_factory=lambda: dict(DEFAULT_BINS))
-    mlflow_uri: str = ""
-    mlflow_experiment: str = ""
-    run_name: str = ""
+class EvalConfig(EvaluationConfig):
+    """The evaluation settings (fields: :class:`~weighted_mtp.config.schema.EvaluationConfig`)."""
 
     def check(self) -> None:
         """Raise UserError naming every inconsistent field."""
@@ -287,15 +268,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate_config(cfg: Any) -> dict[str, Any]:
-    """Hydra form: ``cfg.evaluation`` (a mapping of :class:`EvalConfig` fields), with
-    ``mlflow.tracking_uri`` / ``mlflow.experiment`` taken from ``cfg.mlflow`` when the
-    section leaves them out."""
+    """Hydra form (``wmtp-eval``): ``cfg.evaluation`` holds the EvaluationConfig fields."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    section = OmegaConf.to_container(cfg.evaluation, resolve=True)
-    mlflow = OmegaConf.to_container(cfg.mlflow, resolve=True) if "mlflow" in cfg else {}
-    section.setdefault("mlflow_uri", mlflow.get("tracking_uri", ""))
-    section.setdefault("mlflow_experiment", mlflow.get("experiment", ""))
+    try:
+        section = OmegaConf.to_container(cfg.evaluation, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise UserError(f"{exc.full_key} is required: add {exc.full_key}=<value>") from None
     return evaluate(EvalConfig(**section))
 
 

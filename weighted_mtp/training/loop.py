@@ -174,15 +174,8 @@ def _train(
             with autocast(device, amp):
                 out = micro_step(task, model, b, den, backward=True)
             parts.append({k: (v / loss_scale if "loss" in k else v) for k, v in out.items()})
-        local = torch.stack(
-            [
-                sum(p["loss"] for p in parts).double().cpu(),
-                torch.tensor(
-                    sum(float(b.attention_mask.sum()) for b in batches), dtype=torch.float64
-                ),
-            ]
-        )
-        loss, step_tokens = dist.all_reduce_sum(local, info).tolist()
+        totals = _global_totals(parts, batches, info)
+        loss, step_tokens = totals["loss"], totals["tokens"]
         if not math.isfinite(loss):
             bar.close()
             raise TrainingDiverged(
@@ -201,7 +194,7 @@ def _train(
         scheduler.step()
         step += 1
         tokens += step_tokens
-        metrics = _step_metrics(parts, task, loss, grad_norm, scheduler, sampler)
+        metrics = _step_metrics(totals, task, grad_norm, scheduler, sampler)
         metrics["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
@@ -245,20 +238,39 @@ def _validate(validator: Validator, model: MTPTransformer, sharded: bool) -> dic
         return validator.run()
 
 
-def _step_metrics(parts, task: Task, loss, grad_norm, scheduler, sampler) -> dict[str, float]:
+def _global_totals(parts: list[dict], batches, info: dist.DistInfo) -> dict[str, Any]:
+    """This step's loss terms, token count and per-head CE sums over micro-batches and
+    ranks, in one all-reduce."""
+    names = [k for k in ("loss", "mtp_loss", "value_loss") if k in parts[0]]
+    scalars = [sum(p[k] for p in parts).double().cpu() for k in names]
+    tokens = torch.tensor(sum(float(b.attention_mask.sum()) for b in batches), dtype=torch.float64)
+    vec = [torch.stack([*scalars, tokens])]
+    if "head_ce" in parts[0]:
+        vec.append(sum(p["head_ce"] * p["head_valid"] for p in parts).double().cpu())
+        vec.append(sum(p["head_valid"] for p in parts).double().cpu())
+    flat = dist.all_reduce_sum(torch.cat(vec), info)
+    out: dict[str, Any] = dict(
+        zip([*names, "tokens"], flat[: len(names) + 1].tolist(), strict=True)
+    )
+    if "head_ce" in parts[0]:
+        n = (len(flat) - len(names) - 1) // 2
+        ce_sum, valid = flat[len(names) + 1 :].split(n)
+        out["head_ce"] = (ce_sum / valid.clamp(min=1)).tolist()
+    return out
+
+
+def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> dict[str, float]:
     m = {
-        "train/loss": float(loss),
+        "train/loss": totals["loss"],
         "train/grad_norm": float(grad_norm),
         "train/lr": scheduler.get_last_lr()[0],
         "train/epoch": float(sampler.epoch),
     }
-    if "mtp_loss" in parts[0]:
-        m["train/mtp_loss"] = float(sum(p["mtp_loss"] for p in parts))
-        valid = sum(p["head_valid"] for p in parts).clamp(min=1)
-        head_ce = sum(p["head_ce"] * p["head_valid"] for p in parts) / valid
-        m |= {f"train/head{k}_ce": float(v) for k, v in enumerate(head_ce)}
-    if "value_loss" in parts[0]:
-        m["train/value_loss"] = float(sum(p["value_loss"] for p in parts))
+    if "mtp_loss" in totals:
+        m["train/mtp_loss"] = totals["mtp_loss"]
+        m |= {f"train/head{k}_ce": v for k, v in enumerate(totals["head_ce"])}
+    if "value_loss" in totals:
+        m["train/value_loss"] = totals["value_loss"]
     if task.weighting is not None:
         m |= {f"train/{k}": v for k, v in task.weighting.stats().items()}
     return m
