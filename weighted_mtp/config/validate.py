@@ -215,11 +215,11 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("models.value_head.type", VALUE_HEADS)
     c.choice("runtime.distributed", PARALLELISMS)
     resume = c.get("checkpoint.resume")
-    if resume and resume != "auto" and not Path(resume).is_file():
+    if resume and resume != "auto" and not Path(resume).exists():
         c.add(
             "checkpoint.resume",
             resume,
-            "is not a checkpoint file",
+            "is not a checkpoint (a file, or an fsdp checkpoint directory)",
             '--override checkpoint.resume=auto, a checkpoint path, or "" to start fresh',
         )
     device = c.get("runtime.device")
