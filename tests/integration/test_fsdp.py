@@ -247,6 +247,7 @@ def _worker(out_path: str) -> None:
         }
     if rank == 0:
         Path(out_path).write_text(json.dumps(results, indent=1))
+    tdist.barrier()  # no rank tears gloo down while another still talks to it
     tdist.destroy_process_group()
 
 

@@ -68,6 +68,8 @@ def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:
         tracker.finish("FAILED")
         raise
     tracker.finish()
+    dist.barrier(info)  # every rank done before the group is torn down
+    dist.shutdown()
     return result
 
 
