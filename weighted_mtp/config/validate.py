@@ -109,8 +109,8 @@ class _Checker:
                 key,
                 value,
                 f"{what} path does not exist",
-                f"create it (python -m weighted_mtp setup makes the micro assets) "
-                f"or --override {key}=<existing path>",
+                f"put the files there (python -m weighted_mtp setup creates the local "
+                f"profile's micro assets) or --override {key}=<existing path>",
             )
 
 
