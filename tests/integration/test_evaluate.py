@@ -152,7 +152,7 @@ def test_hydra_form_logs_to_mlflow(micro_storage: Path, tmp_path: Path):
     import subprocess
     import sys
 
-    store = tmp_path / "mlruns"
+    store = tmp_path / "mlflow.db"
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [
@@ -162,7 +162,7 @@ def test_hydra_form_logs_to_mlflow(micro_storage: Path, tmp_path: Path):
             "evaluation.ks=[1]",
             "evaluation.max_new_tokens=8",
             "evaluation.limit=2",
-            f"evaluation.mlflow_uri={store}",
+            f"evaluation.mlflow_uri=sqlite:///{store}",
             "evaluation.mlflow_experiment=eval-test",
             f"hydra.run.dir={run_dir}",
         ],
@@ -177,7 +177,7 @@ def test_hydra_form_logs_to_mlflow(micro_storage: Path, tmp_path: Path):
     assert summary["mlflow_run_id"]
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=store.resolve().as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["eval/pass_at_1"] == summary["pass@1"]
     assert run.data.metrics["eval/n_problems"] == 2

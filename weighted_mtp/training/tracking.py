@@ -77,9 +77,7 @@ FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- :/]")
 
-# mlflow starts its telemetry client when imported: opt out before anything imports it.
-for _key, _value in TELEMETRY_ENV_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
+# (weighted_mtp/__init__.py already set TELEMETRY_ENV_DEFAULTS at package import.)
 
 
 @runtime_checkable
