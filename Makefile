@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slurm lint format setup demo bench seed-configs clean
+.PHONY: install test test-slurm lint format setup demo bench-decode seed-configs clean
 
 install: $(STAMP)
 

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from weighted_mtp.config.validate import summary, validate
+from weighted_mtp.training.distributed import env_info
 
 
 def run(cfg: DictConfig, *, source: str = "config") -> Any:
@@ -17,7 +18,8 @@ def run(cfg: DictConfig, *, source: str = "config") -> Any:
     ``run(cfg)`` function; adding a stage is that module plus ``conf/stage/<name>.yaml``.
     """
     validate(cfg, source=source)
-    print(f"Config valid: {source}\n{summary(cfg)}", flush=True)
+    if env_info().is_main:
+        print(f"Config valid: {source}\n{summary(cfg)}", flush=True)
     stage = cfg.experiment.stage
     try:
         module = importlib.import_module(f"weighted_mtp.stages.{stage}")

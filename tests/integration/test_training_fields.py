@@ -285,11 +285,57 @@ def test_mixed_precision(make_cfg, tmp_path, amp) -> None:
     assert state["modules"]["policy"]["output.weight"].dtype == torch.float32
 
 
-def test_policy_dtype_and_device(make_cfg) -> None:
-    cfg = make_cfg("baseline", "models.policy.dtype=bfloat16", "runtime.device=cpu")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_policy_dtype_and_device(make_cfg, tmp_path, dtype) -> None:
+    # a trained policy is loaded in `dtype` and trained as float32 master weights (AdamW
+    # on fp16 weights turns them to inf at the first step); a frozen one stays in `dtype`
+    cfg = make_cfg(
+        "baseline",
+        f"models.policy.dtype={dtype}",
+        "runtime.device=cpu",
+        "training.learning_rate=1e-5",
+    )
     result, state = run(cfg)
-    assert state["modules"]["policy"]["output.weight"].dtype == torch.bfloat16
-    assert math.isfinite(result["train/loss"])
+    weights = state["modules"]["policy"]
+    assert weights["output.weight"].dtype == torch.float32
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert math.isfinite(result["val/mtp_ce"])
+    critic = make_cfg("critic", f"models.policy.dtype={dtype}", f"checkpoint.save_dir={tmp_path}/c")
+    assert math.isfinite(app.run(critic)["val/value_loss"])
+
+
+def test_weighting_needs_its_inputs(make_cfg) -> None:
+    from weighted_mtp.errors import UserError
+
+    cfg = make_cfg(
+        "baseline",
+        "weighting._target_=weighted_mtp.weighting.TDErrorWeighting",
+        "+weighting.beta=1.0",
+        "+weighting.clip_min=0.1",
+        "+weighting.clip_max=5.0",
+    )
+    with pytest.raises(UserError, match="needs a value head"):
+        app.run(cfg)
+    cfg = make_cfg(
+        "baseline",
+        "weighting._target_=weighted_mtp.weighting.Rho1Weighting",
+        "+weighting.k_percent=0.5",
+    )
+    with pytest.raises(UserError, match="needs a reference model"):
+        app.run(cfg)
+
+
+def test_no_step_fits_is_a_user_error(make_cfg) -> None:
+    from weighted_mtp.errors import UserError
+
+    cfg = make_cfg(
+        "baseline",
+        "data_sampling.n_samples=4",
+        "training.batch_size=4",
+        "training.gradient_accumulation_steps=2",
+    )
+    with pytest.raises(UserError, match="no optimizer step fits"):
+        app.run(cfg)
 
 
 def test_mlflow_tracking_of_a_run(make_cfg, tmp_path) -> None:

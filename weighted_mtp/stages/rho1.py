@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from weighted_mtp.data.index import Index
 from weighted_mtp.models.reference import load_reference, reference_token_ce
 from weighted_mtp.models.tokenizer import find_tokenizer_file
 from weighted_mtp.training import distributed as dist
@@ -39,12 +40,14 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     weighting = instantiate(cfg.weighting)
     temperature = float(getattr(weighting, "temperature", 1.0))
     reference = load_reference(ref_cfg.path, ref_cfg.dtype, tokenizer, device)
+    Index.for_jsonl(cfg.dataset.train)  # the key hashes the index: build it first
     key = cache_key(
         ref_cfg.path,
         cfg.dataset.train,
         find_tokenizer_file(tokenizer_path(cfg)),
         cfg.dataset.max_length,
         temperature,
+        ref_cfg.dtype,
     )
     cache = ReferenceLossCache(
         partial(token_ce, reference, temperature),

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
+from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import load_model
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer
@@ -85,7 +86,7 @@ def _plan(cfg: DictConfig, sampler_total: int, world_size: int) -> _Plan:
     per_step = t.batch_size * t.gradient_accumulation_steps
     total_steps = (sampler_total // world_size) // per_step
     if total_steps == 0:
-        raise TrainingDiverged(
+        raise UserError(
             f"no optimizer step fits: {sampler_total} samples over {world_size} rank(s) < "
             f"batch_size x accumulation ({per_step}); raise data_sampling.n_samples or "
             "training.n_epochs"
@@ -110,12 +111,22 @@ def _train(
     sharded = cfg.runtime.distributed == "fsdp" and info.enabled
     # fsdp: full weights in CPU memory only; fully_shard moves each rank's shards to device
     model = load_model(
-        cfg.models.policy.path, cfg.models.policy.dtype, "cpu" if sharded else device
+        cfg.models.policy.path,
+        cfg.models.policy.dtype,
+        "cpu" if sharded else device,
+        vocab_size=tokenizer.vocab_size,
     )
     model.set_activation_checkpointing(t_cfg.activation_checkpointing)
     task = build_task(cfg, model, tokenizer, device)
+    task.check_inputs()
     if not task.train_policy:
         model.requires_grad_(False)
+    elif next(model.parameters()).dtype != torch.float32:
+        # AdamW cannot update fp16/bf16 weights (eps underflows, small steps round away):
+        # a trained policy keeps float32 master weights; low-precision compute comes from
+        # runtime.mixed_precision (autocast).
+        log.info("training float32 master weights (models.policy.dtype applies when frozen)")
+        model.float()
     if sharded:
         fsdp.shard(model, device, info.world_size, amp)
     fsdp_step = sharded and task.train_policy

@@ -2,7 +2,7 @@
 
 The cache lives in ``<cache_dir>/<key>/`` where ``key`` hashes everything the losses
 depend on: the reference model (its config and a fingerprint of each weight file: name,
-size, sha256 of the first and last MiB), the training data (size, head/tail sha256 and
+size, sha256 of the first and last MiB) and its dtype, the training data (size, head/tail sha256 and
 the sha256 of its line index), ``dataset.max_length``, the tokenizer file and the
 temperature. Any change gives a new key, so stale losses are never reused. Each rank
 appends to its own pair of files (``ce-rank{r}.bin`` float32 values, ``ce-rank{r}.idx``
@@ -43,10 +43,12 @@ def cache_key(
     tokenizer_file: str | Path,
     max_length: int,
     temperature: float,
+    dtype: str = "float32",
 ) -> str:
-    """sha256 over the reference model, the data, the tokenizer, max_length and T."""
+    """sha256 over the reference model and its dtype, the data, the tokenizer,
+    max_length and T."""
     ref = Path(reference_dir)
-    parts = [f"max_length={max_length}", f"temperature={temperature!r}"]
+    parts = [f"max_length={max_length}", f"temperature={temperature!r}", f"dtype={dtype}"]
     files = sorted(p for p in ref.iterdir() if p.is_file()) if ref.is_dir() else [ref]
     parts += [_file_fingerprint(p) for p in files]
     train = Path(train_file)

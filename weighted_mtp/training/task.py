@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from weighted_mtp.data.collate import Batch
+from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
 from weighted_mtp.training.value import value_loss, value_mask, value_targets
@@ -37,6 +38,22 @@ class Task:
     lam: float = 1.0
     reference: ReferenceCE | None = None
     provenance: dict[str, str] = field(default_factory=dict)
+
+    def check_inputs(self) -> None:
+        """The weighting's declared inputs exist (a UserError names the mismatch)."""
+        w = self.weighting
+        if w is None:
+            return
+        if w.needs_values and self.value_head is None:
+            raise UserError(
+                f"weighting {type(w).__name__} needs a value head (TD errors): use it with "
+                "stage=verifiable, or choose another weighting._target_"
+            )
+        if w.needs_reference and self.reference is None:
+            raise UserError(
+                f"weighting {type(w).__name__} needs a reference model: use it with "
+                "stage=rho1, or choose another weighting._target_"
+            )
 
     def trainable_modules(self, model: MTPTransformer) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {}
