@@ -79,7 +79,8 @@ class Index:
         return self.rows["problem"]
 
     def save(self, path: str | Path) -> None:
-        tmp = Path(str(path) + ".tmp.npz")
+        # per-process temp name: ranks that rebuild a missing index at once do not collide
+        tmp = Path(f"{path}.{os.getpid()}.tmp.npz")
         np.savez(
             tmp,
             rows=self.rows,
