@@ -36,6 +36,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from weighted_mtp.training.distributed import env_info
+
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "summary.csv"
@@ -172,15 +174,6 @@ def name_job(cfg: DictConfig, job: JobInfo) -> None:
         cfg.experiment.name = f"{cfg.experiment.name}_{job_suffix(job.num, job.swept())}"
 
 
-def is_rank_zero() -> bool:
-    """True unless this is a non-zero rank of a torchrun / Slurm multi-task job."""
-    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-    try:
-        return int(rank) == 0
-    except ValueError:
-        return True
-
-
 def write_result(
     cfg: DictConfig,
     job: JobInfo,
@@ -191,7 +184,7 @@ def write_result(
     elapsed_s: float = 0.0,
 ) -> Path | None:
     """Write ``result.json`` (+ ``history.json``) into the job's output dir (rank 0 only)."""
-    if not is_rank_zero():
+    if not env_info().is_main:
         return None
     metrics = dict(result) if isinstance(result, dict) else {}
     history = metrics.pop("history", None)

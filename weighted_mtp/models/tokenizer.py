@@ -85,6 +85,11 @@ class Tokenizer:
         return self.sp.id_to_piece(int(i))
 
 
+def policy_tokenizer_path(policy_path: str | Path, tokenizer_path: str | None) -> str:
+    """``models.policy.tokenizer_path``, or its default ``<policy path>/tokenizer``."""
+    return tokenizer_path or str(Path(policy_path) / "tokenizer")
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load the policy tokenizer (file or directory)."""
     return Tokenizer.load(path)

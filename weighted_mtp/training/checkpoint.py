@@ -202,20 +202,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def file_sha256(path: str | Path, limit: int | None = None) -> str:
-    """sha256 of a file (of its first ``limit`` bytes when given); of a sharded checkpoint
-    directory: of its ``meta.pt`` (step, config, RNG states: unique per checkpoint)."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file; of a sharded checkpoint directory: of its ``meta.pt`` (step,
+    config, RNG states: unique per checkpoint)."""
     if fsdp.is_dcp_dir(Path(path)):
         path = Path(path) / fsdp.META
     h = hashlib.sha256()
-    remaining = limit
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20 if remaining is None else min(1 << 20, remaining)):
+        while chunk := f.read(1 << 20):
             h.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-                if remaining <= 0:
-                    break
     return h.hexdigest()
 
 
@@ -345,7 +340,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     directory or safetensors checkpoint is loaded as it is.
     """
     from weighted_mtp.models.formats import load_model
-    from weighted_mtp.models.tokenizer import load_tokenizer
+    from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
 
     p = Path(path)
     if p.is_dir() and not fsdp.is_dcp_dir(p):
@@ -356,5 +351,5 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     model = load_model(policy["path"], policy["dtype"], device)
     if "policy" in state["modules"]:
         model.load_state_dict(state["modules"]["policy"])
-    tok_path = policy["tokenizer_path"] or str(Path(policy["path"]) / "tokenizer")
+    tok_path = policy_tokenizer_path(policy["path"], policy["tokenizer_path"])
     return model, load_tokenizer(tok_path)

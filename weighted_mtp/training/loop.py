@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import load_model
 from weighted_mtp.models.mtp import MTPTransformer
-from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer
+from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer, policy_tokenizer_path
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training import fsdp
 from weighted_mtp.training.checkpoint import Checkpointer
@@ -50,7 +49,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def tokenizer_path(cfg: DictConfig) -> str:
-    return cfg.models.policy.tokenizer_path or str(Path(cfg.models.policy.path) / "tokenizer")
+    return policy_tokenizer_path(cfg.models.policy.path, cfg.models.policy.tokenizer_path)
 
 
 def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:

@@ -347,9 +347,8 @@ def create_tracker(cfg: DictConfig, rank: int = 0) -> Tracker:
         tags=run_tags(cfg),
         artifact_location=f"{s3}/{experiment}" if s3 else None,
     )
-    plain = _plain(cfg)
-    tracker.log_params(dict(_flatten(plain, "")))
-    tracker.log_dict(plain, CONFIG_ARTIFACT)  # the whole config, values uncut
+    tracker.log_params(flatten_config(cfg))
+    tracker.log_dict(_plain(cfg), CONFIG_ARTIFACT)  # the whole config, values uncut
     return tracker
 
 
