@@ -10,6 +10,13 @@ checkpoint size:
 - ``full``: every rank loads the whole model (memory-mapped), casts it to float32 and then
   shards it (the path before sharded loading).
 
+On CPU the float32 shard itself (what a GPU run keeps in device memory) is host memory
+too, so the table also prints peak minus the rank's own shard: the host memory a GPU run
+needs. glibc is told to return freed blocks at once (``MALLOC_MMAP_THRESHOLD_``), so the
+peak counts live memory only; it includes the checkpoint pages the rank maps (its rows;
+shared page cache) and FSDP's initialising forward (one all-gathered unit at a time, plus
+``norm``/``output``: device memory on a GPU).
+
 Usage: python benchmarks/sharded_load.py [--dim 1024] [--layers 8] [--vocab 32000]
 """
 
@@ -28,11 +35,11 @@ import torch
 
 
 def _status() -> dict[str, int]:
-    """VmHWM, VmRSS, RssAnon, RssFile of this process in bytes."""
+    """VmHWM (peak) and VmRSS of this process in bytes."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+        if key in ("VmHWM", "VmRSS"):
             out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -97,7 +104,10 @@ def main() -> None:
         size = (Path(tmp) / "meta" / "consolidated.pth").stat().st_size
         print(f"model: {n_params / 1e6:.0f}M parameters, bf16 checkpoint {size / gib:.3f} GiB, "
               "float32 master weights, 2 ranks")  # fmt: skip
-        print(f"{'format':<12}{'mode':<9}{'rank peak (GiB)':>16}{'x ckpt':>8}{'own shard':>11}")
+        print(
+            f"{'format':<8}{'mode':<9}{'rank peak GiB':>14}{'x ckpt':>8}{'own shard':>11}"
+            f"{'peak - shard':>14}{'x ckpt':>8}"
+        )
         for fmt in ("meta", "st"):
             for mode in ("sharded", "full"):
                 out = Path(tmp) / "out.json"
@@ -111,13 +121,15 @@ def main() -> None:
                     mode,
                     str(out),
                 ]
-                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
                 subprocess.run(cmd, check=True, env=env, capture_output=True)
                 for r, row in enumerate(json.loads(out.read_text())):
                     peak = row["after"]["VmHWM"] - row["before"]["VmRSS"]
+                    host = peak - row["local_bytes"]
                     print(
-                        f"{fmt:<12}{mode:<9}{peak / gib:>14.3f}  {peak / size:>7.2f}"
-                        f"{row['local_bytes'] / gib:>10.3f}  (rank {r})"
+                        f"{fmt:<8}{mode:<9}{peak / gib:>14.3f}{peak / size:>8.2f}"
+                        f"{row['local_bytes'] / gib:>11.3f}{host / gib:>14.3f}{host / size:>8.2f}"
+                        f"  (rank {r})"
                     )
 
 

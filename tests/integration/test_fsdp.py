@@ -119,7 +119,8 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
 def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     """critic (frozen sharded policy, replicated value head), verifiable (value head trained
     next to the sharded policy) and rho1 (reference scored up front, then released): 2
-    ranks under fsdp == 1 process; 5 validation records, so one rank pads."""
+    ranks under fsdp == 1 process (rho1: == 2 ranks under ddp); 5 validation records, so
+    one rank pads."""
     common = [
         "data_sampling.n_samples=8",
         "training.learning_rate=1e-2",
@@ -130,9 +131,9 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     def run(stage: str, name: str, *extra: str) -> dict:
         launcher = [sys.executable]
         size = ["training.batch_size=4"]
-        if name.endswith("fsdp"):
+        if name.endswith(("fsdp", "ddp")):
             launcher = [*TORCHRUN, f"--master_port={free_port()}"]
-            size = ["training.batch_size=2", "runtime.distributed=fsdp"]
+            size = ["training.batch_size=2", f"runtime.distributed={name.rsplit('-')[-1]}"]
         cfg = make_cfg(
             stage,
             *common,
@@ -148,8 +149,11 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
         return {**state, "losses": losses(f"sqlite:///{tmp_path}/{name}.db")}
 
     critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final.pt"
+    # rho1 keeps the top k% of each micro-batch's tokens: a batch of 4 sequences selects
+    # differently from two of 2, so its peer is ddp with the same 2 ranks
+    peers = {"critic": "critic", "verifiable": "verifiable", "rho1": "rho1-ddp"}
     for stage, extra in (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", [])):
-        a, b = run(stage, stage, *extra), run(stage, f"{stage}-fsdp", *extra)
+        a, b = run(stage, peers[stage], *extra), run(stage, f"{stage}-fsdp", *extra)
         assert a["step"] == b["step"] == 2, stage
         assert a["modules"].keys() == b["modules"].keys(), stage
         for name in a["modules"]:
@@ -170,7 +174,9 @@ def test_reduce_scatter_per_micro_batch(tmp_path: Path) -> None:
     cmd = [*TORCHRUN, f"--master_port={free_port()}", __file__, str(out)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    for amp, r in json.loads(out.read_text()).items():
+    results = json.loads(out.read_text())
+    assert results.pop("foreach_mixed") == {"steps": True, "one_mixed_group_fails": True}
+    for amp, r in results.items():
         # per rank and micro-batch: every unit's gradient reduce-scattered once, during
         # that micro-batch's backward (sharded gradients afterwards, nothing unreduced);
         # the same sequence of collectives on both ranks, although rank 1's data has
@@ -314,10 +320,28 @@ def _worker(out_path: str) -> None:
             "max_grad_diff": grad_diff,
             "max_param_diff": param_diff,
         }
+    results["foreach_mixed"] = _foreach_mixed(model, build_optimizer)
     if rank == 0:
         Path(out_path).write_text(json.dumps(results, indent=1))
     tdist.barrier()  # no rank tears gloo down while another still talks to it
     tdist.destroy_process_group()
+
+
+def _foreach_mixed(model, build_optimizer) -> dict[str, bool]:
+    """AdamW's foreach path (CUDA's default) over sharded policy parameters (DTensor) and a
+    replicated value head (Tensor): build_optimizer's groups step; one mixed group fails."""
+    head = torch.nn.Linear(model.args.dim, 1)
+    params = [*model.parameters(), *head.parameters()]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = head.weight.detach().clone()
+    build_optimizer(params, 1e-2, 0.1, foreach=True).step()
+    try:
+        torch.optim.AdamW(params, lr=1e-2, foreach=True).step()
+        mixed_fails = False
+    except Exception:
+        mixed_fails = True
+    return {"steps": not torch.equal(before, head.weight), "one_mixed_group_fails": mixed_fails}
 
 
 def _before(fn, hook):

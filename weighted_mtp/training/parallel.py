@@ -8,8 +8,7 @@ with FSDP2 (:mod:`weighted_mtp.training.fsdp`). Both expose the same hooks, call
 
     load(model, reader)                  # once: a meta-device policy, materialised (sharded)
       or prepare(model)                  # (an already materialised one)
-    begin_step(model)                    # per optimizer step
-    with micro_batch(model):             # per micro-batch: forward/backward
+    with micro_batch(model):             # per micro-batch of a step: forward/backward
         ... before_last_backward(unit) ...  # from the MTP loss (output, norm)
     reduce_gradients(model, params)      # finish the gradient reduction
     clip_grad_norm_(params, max_norm)
@@ -45,9 +44,6 @@ class Replicated:
 
     def prepare(self, model: MTPTransformer) -> None:
         """Make an already materialised ``model`` (on ``device``) ready for training."""
-
-    def begin_step(self, model: MTPTransformer) -> None:
-        """Start of an optimizer step (before the first micro-batch)."""
 
     @contextlib.contextmanager
     def micro_batch(self, model: MTPTransformer) -> Iterator[None]:
@@ -88,10 +84,8 @@ class Sharded(Replicated):
     def prepare(self, model: MTPTransformer) -> None:
         fsdp.shard(model, self.device, self.info.world_size, self.amp)
 
-    @contextlib.contextmanager
-    def micro_batch(self, model: MTPTransformer) -> Iterator[None]:
-        with fsdp.micro_batch(model):
-            yield
+    def micro_batch(self, model: MTPTransformer) -> contextlib.AbstractContextManager:
+        return fsdp.micro_batch(model)
 
     def before_last_backward(self, module: nn.Module) -> None:
         fsdp.sync_next_backward(module)

@@ -48,9 +48,10 @@ def optimizer_step(
 
     Arguments: ``batches`` - the step's micro-batches of this rank (every rank passes the
     same number); ``task`` - what is trained (:class:`~weighted_mtp.training.task.Task`);
-    ``model`` - the policy, already ``parallel.prepare``-d; ``parallel`` - the
-    :mod:`~weighted_mtp.training.parallel` object; ``optimizer`` over ``params`` (the
-    trainable parameters, from ``parallel.param_groups``); ``scaler`` - the grad scaler
+    ``model`` - the policy, materialised by ``parallel.load`` (or ``parallel.prepare``);
+    ``parallel`` - the :mod:`~weighted_mtp.training.parallel` object; ``optimizer`` -
+    over ``params``, the trainable parameters (policy unless frozen, value head), e.g.
+    :func:`~weighted_mtp.training.optim.build_optimizer`; ``scaler`` - the grad scaler
     (enabled for float16 only); ``max_grad_norm``; ``device``; ``amp`` - the autocast
     dtype or None.
 
@@ -68,7 +69,6 @@ def optimizer_step(
     den = denominators(task, batches, model.n_future_tokens)
     den.mtp, den.value = (dist.all_reduce_sum(d, info) for d in (den.mtp, den.value))
     den = den.scaled(loss_scale)
-    parallel.begin_step(model)
     parts = []
     for b in batches:
         with parallel.micro_batch(model), autocast(device, amp):
