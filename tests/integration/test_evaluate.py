@@ -33,7 +33,7 @@ def test_evaluate_cli_on_a_trained_checkpoint(make_cfg, tmp_path: Path, micro_st
 
     cfg = make_cfg("baseline", "training.learning_rate=1e-3")
     app.run(cfg)
-    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt"
+    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final"
     assert ckpt.is_file()
     out = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(_split(micro_storage))]
