@@ -19,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
+from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, user_error_in
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        user = user_error_in(exc)  # e.g. a plugin's UserError wrapped by instantiate
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":
