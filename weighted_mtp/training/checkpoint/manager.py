@@ -341,7 +341,10 @@ class Checkpointer:
                 return
         except CheckpointError:
             pass
-        for src in (self.save_dir / f"checkpoint_step{self.best_step}",):
+        for src in (
+            self.save_dir / f"checkpoint_step{self.best_step}",
+            self.save_dir / "checkpoint_final",
+        ):
             try:
                 if Checkpoint(src).step == self.best_step:
                     self._link_best(src)
