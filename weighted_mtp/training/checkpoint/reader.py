@@ -104,13 +104,15 @@ class Checkpoint:
     def part(self, name: str) -> PartReader:
         return PartReader(self.manifest, name)
 
-    def modules(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Full (unsharded) CPU weights: ``{"policy": sd, "value_head": sd}``."""
+    def modules(self, only: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Full (unsharded) CPU weights: ``{"policy": sd, "value_head": sd}`` (``only``:
+        just that module's, nothing else is read)."""
         reader = self.part("weights")
         out: dict[str, dict[str, torch.Tensor]] = {}
         for key in reader:
             name, _, rest = key.partition(".")
-            out.setdefault(name, {})[rest] = reader.full(key)
+            if only is None or name == only:
+                out.setdefault(name, {})[rest] = reader.full(key)
         return out
 
     def rng(self) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def load_value_head(path: str | Path) -> ValueHead:
             "experiment.critic_checkpoint at a critic checkpoint (e.g. checkpoint_best)"
         )
     head = ValueHead(**ck.meta["value_head_config"])
-    sd = ck.modules().get("value_head", {})
+    sd = ck.modules("value_head").get("value_head", {})
     try:
         head.load_state_dict(sd)
     except RuntimeError as exc:
@@ -209,7 +211,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
         )
     policy = ck.config["models"]["policy"]
     model = load_model(model_path, policy["dtype"], device)
-    trained = ck.modules().get("policy")
+    trained = ck.modules("policy").get("policy")
     if trained is not None:
         check_state_dict(trained, model.args, str(ck.manifest.path("state.json").parent))
         model.load_state_dict(trained)
