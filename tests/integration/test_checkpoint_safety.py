@@ -85,7 +85,9 @@ def test_a_crafted_pickle_never_runs(make_cfg, tmp_path, capsys, micro_storage) 
     assert not marker.exists()
 
 
-def test_flipped_bytes_are_refused_and_auto_falls_back(trained, make_cfg, capsys, tmp_path):
+def test_flipped_bytes_are_refused_and_auto_falls_back(
+    trained, make_cfg, capsys, tmp_path, micro_storage
+) -> None:
     cfg, common = trained
     save_dir = Path(cfg.checkpoint.save_dir)
     final = save_dir / "checkpoint_final"
@@ -106,6 +108,9 @@ def test_flipped_bytes_are_refused_and_auto_falls_back(trained, make_cfg, capsys
     code, err = cli(capsys, "export", "--checkpoint", str(final), "--to", "hf", str(tmp_path / "o"))
     assert code == 2 and weights in err
     code, err = cli(capsys, "checkpoint", "verify", str(final))
+    assert code == 2 and weights in err
+    data = micro_storage / "datasets" / "synthetic" / "processed" / "test.jsonl"
+    code, err = cli(capsys, "evaluate", "--checkpoint", str(final), "--data", str(data))
     assert code == 2 and weights in err
     with pytest.raises(UserError, match="corrupted"):
         lr = "training.learning_rate=1e-3"

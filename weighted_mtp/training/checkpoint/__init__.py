@@ -14,7 +14,7 @@ One checkpoint is a directory in ``checkpoint.save_dir``:
   (``weights-00000-of-00004.safetensors``, ...): each rank writes its own shards.
 
 See :mod:`.files` (atomic writes, manifest), :mod:`.tensors` (state <-> safetensors),
-:mod:`.reader` (verified reads), :mod:`.manager` (the Checkpointer), :mod:`.compat`
+:mod:`.reader` (verified reads), :mod:`.manager` (the Checkpointer), :mod:`.rng`, :mod:`.compat`
 (resume safety), :mod:`.migrate` (old pickle ``.pt`` -> this format).
 """
 
@@ -24,8 +24,6 @@ from weighted_mtp.training.checkpoint.manager import (
     latest_valid,
     periodic_checkpoints,
     prune,
-    rng_state,
-    set_rng_state,
 )
 from weighted_mtp.training.checkpoint.reader import (
     Checkpoint,
@@ -35,6 +33,7 @@ from weighted_mtp.training.checkpoint.reader import (
     load_policy,
     load_value_head,
 )
+from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
 
 __all__ = [
     "Checkpoint",

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -46,6 +44,7 @@ from weighted_mtp.training.checkpoint.reader import (
     Checkpoint,
     relative_paths,
 )
+from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
 from weighted_mtp.training.checkpoint.tensors import decode, encode, write_part
 
 log = logging.getLogger(__name__)
@@ -87,29 +86,6 @@ def prune(save_dir: Path, keep: int) -> list[Path]:
     for p in doomed:
         shutil.rmtree(p)
     return doomed
-
-
-def rng_state() -> dict[str, Any]:
-    version, mt, gauss = random.getstate()
-    name, key, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(mt), gauss],
-        "numpy": [name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    name, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _absolute_config(cfg) -> dict[str, Any]:
