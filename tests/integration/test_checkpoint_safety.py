@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from weighted_mtp import app
@@ -196,6 +197,13 @@ def test_checkpoints_work_from_any_directory(trained, tmp_path, monkeypatch) -> 
     monkeypatch.chdir(tmp_path)
     model, _ = ckpt.load_policy(final)
     assert model.state_dict()["output.weight"].shape[0] > 0
+    # a tree moved elsewhere: the absolute paths are gone, the relative ones still hold
+    config = yaml.safe_load((final / "config.yaml").read_text())
+    config["models"]["policy"] |= {"path": "/gone/micro-mtp", "tokenizer_path": None}
+    (final / "config.yaml").write_text(yaml.safe_dump(config))
+    write_manifest(final)
+    again, _ = ckpt.load_policy(final)
+    assert torch.equal(again.state_dict()["output.weight"], model.state_dict()["output.weight"])
 
 
 def test_clean_stale_restores_a_cut_swap(tmp_path: Path) -> None:
