@@ -5,7 +5,7 @@ Batch 1, prompts from the held-out synthetic split (training template), greedy t
 forward for each draft length (0 = all heads run but nothing is proposed), and checks that
 every speculative output equals the plain greedy one.
 
-    python benchmarks/decode.py --checkpoint RUN/checkpoints/baseline/checkpoint_final.pt
+    python benchmarks/decode.py --checkpoint RUN/checkpoints/baseline/checkpoint_final
     python benchmarks/decode.py            # no checkpoint: trains the micro policy briefly first
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", default=None, help="checkpoint .pt or Meta dir")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory or Meta dir")
     p.add_argument("--storage", type=Path, default=Path("storage"), help="micro assets root")
     p.add_argument("--prompts", type=int, default=20, help="test problems used as prompts")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -61,7 +61,7 @@ def train_briefly(storage: Path, epochs: float, out: Path) -> str:
         ]
     )
     app.run(cfg, source="benchmarks/decode.py")
-    return str(out / "checkpoint_final.pt")
+    return str(out / "checkpoint_final")
 
 
 def _timed(fn, repeats: int):

@@ -3,7 +3,7 @@
 Commands:
   train            --config FILE [--override key=value ...]   run the config's stage
   validate-config  --config FILE [--override key=value ...]   check a config, print a summary
-  setup / prepare / export / evaluate                         see ``--help`` of each
+  setup / prepare / export / evaluate / checkpoint            see ``--help`` of each
 
 Each command other than train / validate-config lives in its own module (``COMMANDS``),
 which exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -19,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
+from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, user_error_in
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +65,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "weighted_mtp.data.prepare",
     "export": "weighted_mtp.models.export",
     "evaluate": "weighted_mtp.evaluation.cli",
+    "checkpoint": "weighted_mtp.training.checkpoint.migrate",
 }
 
 
@@ -104,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        user = user_error_in(exc)  # e.g. a plugin's UserError wrapped by instantiate
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from weighted_mtp.config.validate import summary, validate
+from weighted_mtp.errors import UserError
 from weighted_mtp.training.distributed import env_info
 
 
@@ -18,6 +19,7 @@ def run(cfg: DictConfig, *, source: str = "config") -> Any:
     ``run(cfg)`` function; adding a stage is that module plus ``conf/stage/<name>.yaml``.
     """
     validate(cfg, source=source)
+    check_runtime(cfg)
     if env_info().is_main:
         print(f"Config valid: {source}\n{summary(cfg)}", flush=True)
     stage = cfg.experiment.stage
@@ -31,3 +33,35 @@ def run(cfg: DictConfig, *, source: str = "config") -> Any:
             f"(weighted_mtp/stages/{stage}.py)"
         ) from None
     return module.run(cfg)
+
+
+def check_runtime(cfg: DictConfig) -> None:
+    """What only this machine and the run's assets can tell: the device exists, and
+    ``dataset.max_length`` holds the prompt format plus one response token."""
+    import torch
+
+    from weighted_mtp.data.collate import format_prompt
+    from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
+
+    device = cfg.runtime.device
+    kind = device.split(":")[0]
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "cuda" and (n_cuda == 0 or (":" in device and int(device[5:]) >= n_cuda)):
+        raise UserError(
+            f"runtime.device={device}: this machine has {n_cuda} CUDA device(s) "
+            "(torch.cuda.is_available() is False or the index is too high). Fix: "
+            "--override runtime.device=auto (or cpu), or run on a GPU node"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("runtime.device=mps: MPS is not available here. Fix: runtime.device=auto")
+    tok = load_tokenizer(
+        policy_tokenizer_path(cfg.models.policy.path, cfg.models.policy.tokenizer_path)
+    )
+    template = 1 + len(tok.encode(format_prompt("", "")))  # BOS + the fixed prompt text
+    if cfg.dataset.max_length < template + 1:
+        raise UserError(
+            f"dataset.max_length={cfg.dataset.max_length} is too small for the prompt format: "
+            f"its fixed text (### Instruction: ... ### Response:) alone takes {template} tokens "
+            f"with this tokenizer, plus one response token. Fix: --override "
+            f"dataset.max_length={max(512, template + 1)} (at least {template + 1})"
+        )

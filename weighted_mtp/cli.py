@@ -25,7 +25,7 @@ from weighted_mtp import app, sweep
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
 from weighted_mtp.config.validate import CONF_DIR
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
+from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, user_error_in
 from weighted_mtp.training.loop import TrainingDiverged
 
 log = logging.getLogger("weighted_mtp.cli")
@@ -48,9 +48,11 @@ _FLAGS_WITH_VALUE = {
 }
 
 
-def _translate_argv(argv: list[str]) -> list[str]:
-    """Translate seed-style overrides in ``argv``; a bare word must be ``key=value``."""
+def _translate_argv(argv: list[str], config_name: str = "config") -> list[str]:
+    """Translate seed-style overrides in ``argv``; a bare word must be ``key=value``; a
+    list index past the end of its list is named with the list's length."""
     out: list[str] = []
+    overrides: list[str] = []
     takes_value = False
     for arg in argv:
         if takes_value or arg.startswith("-"):
@@ -58,7 +60,29 @@ def _translate_argv(argv: list[str]) -> list[str]:
             takes_value = arg in _FLAGS_WITH_VALUE
             continue
         out.append(ov.translate(arg))  # raises OverrideError unless key=value
+        overrides.append(out[-1])
+    if config_name == "config":
+        _check_list_indexes(overrides)
     return out
+
+
+def _check_list_indexes(overrides: list[str]) -> None:
+    """Hydra's own message for ``a.b.9.c=v`` past the end of ``a.b`` names a type, not the
+    index: compose without those overrides and say how long the list is."""
+    key_of = {o: o.partition("=")[0].lstrip("+~") for o in overrides}
+    indexed = [o for o, k in key_of.items() if any(p.isdigit() for p in k.split("."))]
+    if not indexed:
+        return
+    from weighted_mtp.config.loader import compose
+
+    try:
+        cfg = compose([o for o in overrides if o not in indexed])
+    except Exception:  # another problem: Hydra reports it itself
+        return
+    for o in indexed:
+        problem = ov.list_index_problem(cfg, key_of[o])
+        if problem:
+            raise ov.OverrideError(f"{o!r}: {problem}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -77,6 +101,13 @@ def _hydra_main(cfg: DictConfig) -> object:
             return None  # shown as failed in the sweep summary; the other jobs go on
         sys.exit(USER_ERROR_EXIT_CODE)
     except Exception as exc:
+        user = user_error_in(exc)  # e.g. a plugin's UserError wrapped by instantiate
+        if user is not None:
+            print(f"error: {user}", file=sys.stderr, flush=True)
+            sweep.write_result(cfg, job, error=user, user_error=True, elapsed_s=_since(t0))
+            if job.multirun:
+                return None
+            sys.exit(USER_ERROR_EXIT_CODE)
         sweep.write_result(cfg, job, error=exc, elapsed_s=_since(t0))
         if not job.multirun and isinstance(exc, TrainingDiverged):
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -152,7 +183,7 @@ def evaluate_main() -> None:
     """``wmtp-eval``: pass@k of a checkpoint, composed from conf/evaluate.yaml."""
     register_schema()
     try:
-        sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], "evaluate")]
         _hydra_evaluate()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

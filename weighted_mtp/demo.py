@@ -77,7 +77,7 @@ def stage_overrides(args: argparse.Namespace, stage: str, run_dir: Path) -> list
     if not critic:
         out.append(f"training.learning_rate={args.lr}")
     if stage == "verifiable":
-        critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final.pt"
+        critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")
     return out
 
@@ -91,7 +91,7 @@ def train_stage(args: argparse.Namespace, stage: str, run_dir: Path) -> dict[str
     t0 = time.perf_counter()
     result = app.run(cfg, source=f"demo:{stage}")
     result["train_seconds"] = time.perf_counter() - t0
-    result["checkpoint"] = str(Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt")
+    result["checkpoint"] = str(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
     return result
 
 

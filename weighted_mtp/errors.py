@@ -11,3 +11,16 @@ class UserError(Exception):
     The message must name what is wrong (field, file, line) and how to fix it.
     Command-line entrypoints print it without a traceback and exit with code 2.
     """
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError behind ``exc`` (itself, or the cause of a wrapper such as Hydra's
+    InstantiationException around a constructor's UserError), else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UserError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None

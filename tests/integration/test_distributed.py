@@ -78,8 +78,8 @@ def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
             timeout=600,
         )
         assert out.returncode == 0, out.stderr[-3000:]
-    a = ckpt.load(Path(single.checkpoint.save_dir) / "checkpoint_final.pt")
-    b = ckpt.load(Path(double.checkpoint.save_dir) / "checkpoint_final.pt")
+    a = ckpt.load(Path(single.checkpoint.save_dir) / "checkpoint_final")
+    b = ckpt.load(Path(double.checkpoint.save_dir) / "checkpoint_final")
     assert a["step"] == b["step"] == 2
     worst = max(
         (a["modules"]["policy"][k] - b["modules"]["policy"][k]).abs().max().item()
@@ -92,7 +92,7 @@ def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     assert abs(a["val"]["val/mtp_ce"] - b["val"]["val/mtp_ce"]) < 1e-5
     # only rank 0 wrote checkpoints and logs: one file set, one MLflow run
     assert sorted(p.name for p in Path(double.checkpoint.save_dir).iterdir()) == [
-        "checkpoint_best.pt",
-        "checkpoint_final.pt",
+        "checkpoint_best",
+        "checkpoint_final",
     ]
     assert torch.is_tensor(b["modules"]["policy"]["output.weight"])

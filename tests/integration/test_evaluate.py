@@ -33,8 +33,8 @@ def test_evaluate_cli_on_a_trained_checkpoint(make_cfg, tmp_path: Path, micro_st
 
     cfg = make_cfg("baseline", "training.learning_rate=1e-3")
     app.run(cfg)
-    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt"
-    assert ckpt.is_file()
+    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final"
+    assert ckpt.is_dir()
     out = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(_split(micro_storage))]
     argv += ["--k", "1,2", "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95"]

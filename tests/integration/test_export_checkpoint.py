@@ -17,7 +17,7 @@ from weighted_mtp.training.checkpoint import load_policy
 def test_export_a_training_checkpoint(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("baseline", "training.learning_rate=1e-3", "data_sampling.n_samples=4")
     app.run(cfg)
-    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt"
+    ckpt = Path(cfg.checkpoint.save_dir) / "checkpoint_final"
     out = tmp_path / "hf"
     args = argparse.Namespace(checkpoint=str(ckpt), to="hf", out=str(out), dtype=None)
     assert export.run(args) == 0

@@ -75,7 +75,7 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
     torchrun = [*TORCHRUN, f"--master_port={free_port()}"]
     _train(cfg("fsdp", *fsdp), torchrun, tmp_path, "fsdp")
 
-    # layout: DCP directories, nothing temporary left
+    # layout: checkpoint directories with per-rank shards, nothing temporary left
     run = tmp_path / "fsdp"
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint_best",
@@ -84,14 +84,18 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
         "checkpoint_step3",
     ]
     assert sorted(p.name for p in (run / "checkpoint_final").iterdir()) == [
-        ".metadata",
-        "__0_0.distcp",
-        "__1_0.distcp",
-        "meta.pt",
+        "config.yaml",
+        "manifest.json",
+        "optimizer-00000-of-00002.safetensors",
+        "optimizer-00001-of-00002.safetensors",
+        "rng.safetensors",
+        "state.json",
+        "weights-00000-of-00002.safetensors",
+        "weights-00001-of-00002.safetensors",
     ]
 
     # == one process with the same global batch
-    a = ckpt.load(tmp_path / "single" / "checkpoint_final.pt")
+    a = ckpt.load(tmp_path / "single" / "checkpoint_final")
     b = ckpt.load(run / "checkpoint_final")
     assert a["step"] == b["step"] == 4
     assert _max_diff(a["modules"]["policy"], b["modules"]["policy"]) < 1e-5

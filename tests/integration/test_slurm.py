@@ -83,8 +83,8 @@ def test_sweep_on_slurm(slurm: LocalSlurm, micro_storage: Path, tmp_path: Path) 
         assert res["experiment"] == f"baseline-mtp_{i}_training.learning_rate={lr}"
         save_dir = Path(res["save_dir"])
         assert save_dir.parent == tmp_path.resolve() / "storage" / "checkpoints" / "baseline"
-        assert (save_dir / "checkpoint_final.pt").is_file()
-        assert (save_dir / "checkpoint_best.pt").is_file()
+        assert (save_dir / "checkpoint_final" / "manifest.json").is_file()
+        assert (save_dir / "checkpoint_best" / "manifest.json").is_file()
         env = res["env"]  # the job ran under Slurm, with the preset's setup lines
         assert env["SLURM_ARRAY_TASK_ID"] == str(i) and env["SLURM_PROCID"] == "0"
         assert env["MASTER_ADDR"] == slurm.node and env["MASTER_PORT"].isdigit()

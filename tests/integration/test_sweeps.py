@@ -68,7 +68,7 @@ def assert_ok_jobs(sweep_dir: Path, values: list[str], out) -> list[dict]:
             save_dir.parent
             == sweep_dir.parents[2].resolve() / "storage" / "checkpoints" / "baseline"
         )
-        assert (save_dir / "checkpoint_final.pt").is_file()
+        assert (save_dir / "checkpoint_final" / "manifest.json").is_file()
         assert res["metrics"]["step"] == 4 and res["metrics"]["val/loss"] > 0
         assert (sweep_dir / str(i) / sweep.HISTORY_FILE).is_file()
     assert len({r["save_dir"] for r in results}) == len(values)

@@ -34,7 +34,7 @@ SAME_SAMPLES = [
 
 def policy_after(cfg) -> dict[str, Tensor]:
     app.run(cfg)
-    return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt")["modules"]["policy"]
+    return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final")["modules"]["policy"]
 
 
 def assert_same(a: dict[str, Tensor], b: dict[str, Tensor], atol: float = 1e-5) -> None:
@@ -81,8 +81,8 @@ def test_accumulation_in_the_loop(make_cfg) -> None:
     ra, rb = app.run(a), app.run(b)
     assert ra["step"] == rb["step"] == 1
     assert abs(ra["train/loss"] - rb["train/loss"]) < 1e-5
-    sa = ckpt.load(Path(a.checkpoint.save_dir) / "checkpoint_final.pt")["modules"]["policy"]
-    sb = ckpt.load(Path(b.checkpoint.save_dir) / "checkpoint_final.pt")["modules"]["policy"]
+    sa = ckpt.load(Path(a.checkpoint.save_dir) / "checkpoint_final")["modules"]["policy"]
+    sb = ckpt.load(Path(b.checkpoint.save_dir) / "checkpoint_final")["modules"]["policy"]
     assert_same(sa, sb, atol=1e-5)
 
 
@@ -102,7 +102,7 @@ def test_verifiable_with_huge_beta_and_no_value_loss_equals_baseline(make_cfg) -
             *SAME_SAMPLES,
             "training.beta=1e9",
             "training.value_coef=0",
-            f"experiment.critic_checkpoint={critic.checkpoint.save_dir}/checkpoint_final.pt",
+            f"experiment.critic_checkpoint={critic.checkpoint.save_dir}/checkpoint_final",
         )
     )
     assert_same(base, ver)

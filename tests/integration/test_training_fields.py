@@ -16,7 +16,7 @@ from weighted_mtp.training.optim import build_optimizer, lr_factor
 
 def run(cfg) -> tuple[dict, dict]:
     result = app.run(cfg)
-    state = ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt")
+    state = ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
     return result, state
 
 
@@ -170,7 +170,7 @@ def test_runtime_seed_sets_value_head_init(make_cfg, tmp_path) -> None:
 def critic_ckpt(make_cfg, tmp_path) -> str:
     cfg = make_cfg("critic", "training.learning_rate=1e-2", f"checkpoint.save_dir={tmp_path}/c")
     app.run(cfg)
-    return f"{tmp_path}/c/checkpoint_final.pt"
+    return f"{tmp_path}/c/checkpoint_final"
 
 
 def test_verifiable_clip_and_value_coef(make_cfg, critic_ckpt, tmp_path) -> None:
@@ -251,16 +251,16 @@ def test_checkpoint_fields(make_cfg) -> None:
     )
     app.run(cfg)
     names = sorted(p.name for p in Path(cfg.checkpoint.save_dir).iterdir())
-    assert names == ["checkpoint_final.pt", "checkpoint_step4.pt", "checkpoint_step6.pt"]
+    assert names == ["checkpoint_final", "checkpoint_step4", "checkpoint_step6"]
     cfg = make_cfg("critic", "checkpoint.save_final=false", "checkpoint.save_best=true")
     app.run(cfg)
-    assert sorted(p.name for p in Path(cfg.checkpoint.save_dir).iterdir()) == ["checkpoint_best.pt"]
+    assert sorted(p.name for p in Path(cfg.checkpoint.save_dir).iterdir()) == ["checkpoint_best"]
 
 
 def test_resume_from_an_explicit_path_continues(make_cfg, tmp_path) -> None:
     cfg = make_cfg("baseline", "checkpoint.save_checkpoint_every=0.5")
     app.run(cfg)
-    step4 = Path(cfg.checkpoint.save_dir) / "checkpoint_step4.pt"
+    step4 = Path(cfg.checkpoint.save_dir) / "checkpoint_step4"
     again = make_cfg(
         "baseline",
         f"checkpoint.resume={step4}",

@@ -13,7 +13,7 @@ from weighted_mtp.training import checkpoint as ckpt
 
 
 def final_state(cfg) -> dict:
-    return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final.pt")
+    return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
 
 
 def moved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
@@ -31,8 +31,8 @@ def test_baseline_trains_all_heads(make_cfg) -> None:
     for part in ("tok_embeddings", "layers.0.", "layers.3.", "extra_heads.2.", "output"):
         assert any(k.startswith(part) for k in changed), part
     assert {p.name for p in Path(cfg.checkpoint.save_dir).iterdir()} == {
-        "checkpoint_final.pt",
-        "checkpoint_best.pt",
+        "checkpoint_final",
+        "checkpoint_best",
     }
 
 
@@ -61,7 +61,7 @@ def test_critic_then_verifiable(make_cfg) -> None:
 
     ver = make_cfg(
         "verifiable",
-        f"experiment.critic_checkpoint={critic.checkpoint.save_dir}/checkpoint_final.pt",
+        f"experiment.critic_checkpoint={critic.checkpoint.save_dir}/checkpoint_final",
         "training.learning_rate=1e-3",
     )
     res = app.run(ver)
@@ -72,7 +72,7 @@ def test_critic_then_verifiable(make_cfg) -> None:
     state = final_state(ver)
     assert set(state["modules"]) == {"policy", "value_head"}
     assert state["provenance"]["critic_sha256"] == ckpt.file_sha256(
-        f"{critic.checkpoint.save_dir}/checkpoint_final.pt"
+        f"{critic.checkpoint.save_dir}/checkpoint_final"
     )
     assert not torch.equal(state["modules"]["value_head"]["net.weight"], head["net.weight"])
 

@@ -91,17 +91,17 @@ def test_writer_index_matches_rebuilt_index_and_reader_seeks(tmp_path: Path) -> 
     assert np.array_equal(written.rows, rebuilt.rows) and written.problems == rebuilt.problems
     assert written.is_correct.sum() == 7 and written.difficulty.tolist()[:3] == [1, 2, 3]
     assert written.problems[written.problem[5]] == "p2"
-    # overwrite line 4 with same-length garbage: other records still read (seek by offset),
-    # line 4 fails with its line number
+    ds = ProcessedDataset(path)
+    assert ds[5].task_id == "p2/5" and ds[5].row == 5 and ds[-1].task_id == "p9/19"
+    with pytest.raises(IndexError):
+        ds[20]
+    # overwrite line 4 with same-length garbage: the same-size edit is detected, the index
+    # rebuilt, and line 4 fails with its line number
     raw = path.read_bytes().split(b"\n")
     raw[3] = b"#" * len(raw[3])
     path.write_bytes(b"\n".join(raw))
-    ds = ProcessedDataset(path)
-    assert ds[5].task_id == "p2/5" and ds[5].row == 5 and ds[-1].task_id == "p9/19"
     with pytest.raises(UserError, match=f"{path}:4:"):
-        ds[3]
-    with pytest.raises(IndexError):
-        ds[20]
+        ProcessedDataset(path)
 
 
 def test_stale_index_is_rebuilt(tmp_path: Path) -> None:

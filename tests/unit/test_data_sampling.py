@@ -30,7 +30,7 @@ def make_index(n: int = 2000, correct_share: float = 0.4, seed: int = 0) -> Inde
     rows["is_correct"] = rng.random(n) < correct_share
     rows["difficulty"] = rng.integers(1, 12, n)
     rows["problem"] = np.arange(n) // 4
-    return Index(rows, [f"p{i}" for i in range(n // 4 + 1)], n * 100)
+    return Index(rows, [f"p{i}" for i in range(n // 4 + 1)], {"size": n * 100})
 
 
 def curriculum(index: Index, **kw) -> RecordSampler:
@@ -138,7 +138,7 @@ def test_shortage_cycles_within_the_cell_and_warns(caplog: pytest.LogCaptureFixt
     keep = np.ones(len(index), dtype=bool)
     keep[high_bad[5:]] = False  # only 5 incorrect high-difficulty records remain
     rows = index.rows[keep]
-    small = Index(rows, index.problems, 1)
+    small = Index(rows, index.problems, {"size": 1})
     with caplog.at_level(logging.WARNING, logger="weighted_mtp.data.sampling"):
         s = curriculum(small, n_epochs=1.0)
     msgs = [r.getMessage() for r in caplog.records]
@@ -156,7 +156,7 @@ def test_empty_requested_cell_is_a_user_error() -> None:
     index = make_index(500)
     rows = index.rows[index.difficulty < 8]
     with pytest.raises(UserError, match=r"\(bin=high, correct\)"):
-        curriculum(Index(rows, index.problems, 1))
+        curriculum(Index(rows, index.problems, {"size": 1}))
 
 
 def test_without_balance_ratio_one_is_correct_only_and_fractional_warns(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import yaml
@@ -11,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from weighted_mtp.config import overrides as ov
-from weighted_mtp.config.schema import register_schema, structured
+from weighted_mtp.config.schema import WmtpConfig, register_schema, structured
 from weighted_mtp.config.validate import CONF_DIR
 from weighted_mtp.errors import UserError
 
@@ -35,7 +37,15 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}. Fix: pass an existing --config FILE")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save the config as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -45,6 +55,7 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections (experiment:, models:, ...)")
     data.pop("hydra", None)
+    _check_sections(data, WmtpConfig, "", text, path)
     try:
         cfg = structured(OmegaConf.create(data))
     except OmegaConfBaseException as exc:
@@ -63,6 +74,31 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
             ov.apply(cfg, [override])
         except OmegaConfBaseException as exc:
             raise UserError(f"override {override!r}: {exc.full_key}: {_first_line(exc)}") from None
+
+
+def _check_sections(data: dict, schema: type, prefix: str, text: str, path: Path) -> None:
+    """A section of the schema (``training:``) must be a mapping, not ``training: 5``."""
+    for f in dataclasses.fields(schema):
+        if f.name not in data or data[f.name] is None:
+            continue
+        cls = _dataclass_type(schema, f.name)
+        if cls is None:
+            continue
+        key = f"{prefix}{f.name}"
+        value = data[f.name]
+        if not isinstance(value, dict):
+            line = _line_of(text, key)
+            where = f"{path}:{line}" if line else str(path)
+            raise UserError(
+                f"{where}: {key}: must be a section (a mapping of its fields, e.g. "
+                f"'{f.name}:' then indented 'field: value' lines), got {value!r}"
+            )
+        _check_sections(value, cls, key + ".", text, path)
+
+
+def _dataclass_type(schema: type, name: str) -> type | None:
+    hint = typing.get_type_hints(schema).get(name)
+    return hint if dataclasses.is_dataclass(hint) else None
 
 
 def _first_line(exc: OmegaConfBaseException) -> str:

@@ -11,11 +11,12 @@ by Hydra's override grammar, which reads them like YAML 1.2 (``5e-5`` is a float
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from weighted_mtp.errors import UserError
 
@@ -88,9 +89,37 @@ def apply(cfg: DictConfig, overrides: list[str]) -> None:
             continue
         if ov.is_add() and exists:
             raise OverrideError(f"{original!r}: {key!r} already exists; drop the '+' to change it")
+        bad_index = list_index_problem(cfg, key)
+        if bad_index:
+            raise OverrideError(f"{original!r}: {bad_index}")
         if not ov.is_add() and not ov.is_force_add() and not exists:
             raise OverrideError(f"{original!r}: no field {key!r} in the config")
         OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())
+
+
+def list_index_problem(cfg: DictConfig, key: str) -> str | None:
+    """Why ``key`` (Hydra form, ``a.b.9.c``) indexes past the end of a list in ``cfg``."""
+    node: Any = cfg
+    path: list[str] = []
+    for part in key.split("."):
+        if isinstance(node, ListConfig) and part.isdigit():
+            n = len(node)
+            if int(part) >= n:
+                seed = ".".join(path)
+                fix = f"use an index below {n}, or set" if n else "set"
+                return (
+                    f"{seed} has {n} item(s)"
+                    + (f" (indexes 0..{n - 1})" if n else "")
+                    + f": [{part}] is out of range. Fix: {fix} the whole list: {seed}=[...]"
+                )
+            node = node[int(part)]
+        elif isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        else:
+            return None
+        path.append(part if not part.isdigit() else f"[{part}]")
+        path = [".".join(path).replace(".[", "[")]
+    return None
 
 
 class _Absent:

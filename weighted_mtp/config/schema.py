@@ -128,7 +128,10 @@ class CheckpointConfig:
     save_best: bool = True
     save_final: bool = True
     save_total_limit: int = 2
-    resume: str = ""  # "" (start fresh) | auto (latest in save_dir) | a checkpoint path
+    resume: str = ""  # "" (start fresh) | auto (newest valid in save_dir) | a checkpoint dir
+    # fields a resumed run may change although they alter the data plan or schedule
+    # (weighted_mtp.training.checkpoint.compat.ALLOWABLE); [] = refuse every change
+    allow_config_change: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,7 +171,7 @@ class EvaluationConfig:
     """pass@k of a checkpoint on a processed split with tests (``wmtp-eval``,
     ``python -m weighted_mtp evaluate``)."""
 
-    checkpoint: str = MISSING  # a training checkpoint (.pt / fsdp dir) or a Meta model dir
+    checkpoint: str = MISSING  # a training checkpoint directory or a Meta model dir
     data: str = MISSING  # processed jsonl with tests (synthetic, humaneval, codecontests)
     out_dir: str = "storage/eval"  # results.jsonl + summary.json
     ks: list[int] = field(default_factory=lambda: [1])

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from weighted_mtp.config import checks
 from weighted_mtp.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -124,6 +125,9 @@ def validate(cfg: DictConfig, *, check_paths: bool = True, source: str = "config
     if stage is not None and stage not in stages:
         c.add("experiment.stage", stage, f"must be one of {', '.join(stages)}", "stage=baseline")
 
+    checks.declared(c, cfg, "")
+    checks.finite(c)
+    checks.targets(c)
     _check_ranges(c)
     _check_stage_fields(c, stage)
     _check_curriculum(c)
@@ -223,10 +227,24 @@ def _check_ranges(c: _Checker) -> None:
             '--override checkpoint.resume=auto, a checkpoint path, or "" to start fresh',
         )
     device = c.get("runtime.device")
-    if device is not None and device.split(":")[0] not in DEVICES:
+    if device is not None and (device.split(":")[0] not in DEVICES or not checks.parses(device)):
         c.add(
-            "runtime.device", device, f"must be one of {', '.join(DEVICES)}", "runtime.device=auto"
+            "runtime.device",
+            device,
+            f"must be one of {', '.join(DEVICES)} (cuda:N for one GPU)",
+            "--override runtime.device=auto",
         )
+    from weighted_mtp.training.checkpoint.compat import ALLOWABLE
+
+    allowed = c.get("checkpoint.allow_config_change") or []
+    for name in allowed:
+        if name not in ALLOWABLE:
+            c.add(
+                "checkpoint.allow_config_change",
+                list(allowed),
+                f"{name!r} is not a field resume checks (those are: {', '.join(ALLOWABLE)})",
+                "list only fields from that list",
+            )
 
 
 _STAGE_REQUIRED = {

@@ -15,20 +15,25 @@ problem     int32   position of ``metadata.problem_id`` in ``problems``
 =========== ======= ==============================================
 
 A row number is a *record id*: the sampler yields them and ``ProcessedDataset`` reads
-them. The index also stores the jsonl's byte size; a size mismatch means it is stale and
-it is rebuilt (streaming, one line at a time).
+them. The index also records what it was built from: the jsonl's byte size, its mtime
+(ns) and the sha256 of its content (computed while streaming). When size or mtime differ,
+the file is hashed again: same content -> the index is kept (its mtime updated), other
+content (a same-size edit included) -> the index is rebuilt (streaming, one line at a
+time). An index of an older layout (without these) is rebuilt too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from weighted_mtp.data.records import ReadStats, Record, iter_lines, parse_line
+from weighted_mtp.data.records import ReadStats, Record, parse_line
 from weighted_mtp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ ROW_DTYPE = np.dtype(
         ("problem", "<i4"),
     ]
 )
+DIFFICULTY_RANGE = (int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max))
 
 
 def index_path(jsonl: str | Path) -> Path:
@@ -52,12 +58,23 @@ def index_path(jsonl: str | Path) -> Path:
 
 
 class Index:
-    """Per-record columns of one processed jsonl (see the module docstring)."""
+    """Per-record columns of one processed jsonl (see the module docstring).
 
-    def __init__(self, rows: np.ndarray, problems: list[str], file_size: int) -> None:
+    ``source``: what it was built from: ``size``, ``mtime_ns``, ``sha256`` of the jsonl.
+    """
+
+    def __init__(self, rows: np.ndarray, problems: list[str], source: dict[str, int | str]):
         self.rows = rows
         self.problems = problems
-        self.file_size = file_size
+        self.source = source
+
+    @property
+    def file_size(self) -> int:
+        return int(self.source["size"])
+
+    @property
+    def content_sha256(self) -> str:
+        return str(self.source["sha256"])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -85,14 +102,27 @@ class Index:
             tmp,
             rows=self.rows,
             problems=np.array(self.problems, dtype=str),
-            file_size=np.int64(self.file_size),
+            file_size=np.int64(self.source["size"]),
+            mtime_ns=np.int64(self.source["mtime_ns"]),
+            sha256=np.array(self.source["sha256"]),
         )
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> Index:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["rows"], z["problems"].tolist(), int(z["file_size"]))
+    def load(cls, path: str | Path) -> Index | None:
+        """The saved index, or None when it is unreadable or of an older layout."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "sha256" not in z.files or "mtime_ns" not in z.files:
+                    return None
+                source = {
+                    "size": int(z["file_size"]),
+                    "mtime_ns": int(z["mtime_ns"]),
+                    "sha256": str(z["sha256"]),
+                }
+                return cls(z["rows"], z["problems"].tolist(), source)
+        except (OSError, ValueError, KeyError):
+            return None
 
     @classmethod
     def for_jsonl(cls, jsonl: str | Path, build: bool = True) -> Index:
@@ -101,21 +131,39 @@ class Index:
         if not jsonl.is_file():
             raise UserError(f"{jsonl}: no such data file. Check dataset.train/validation paths.")
         ipath = index_path(jsonl)
-        size = jsonl.stat().st_size
-        if ipath.is_file():
-            index = cls.load(ipath)
-            if index.file_size == size:
+        st = jsonl.stat()
+        index = cls.load(ipath) if ipath.is_file() else None
+        if index is not None:
+            if (index.file_size, index.source["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
                 return index
-            log.warning("%s is stale (file size changed); rebuilding", ipath)
+            if index.file_size == st.st_size and sha256_file(jsonl) == index.content_sha256:
+                index.source["mtime_ns"] = st.st_mtime_ns  # touched, same content
+                index.save(ipath)
+                return index
+            log.warning("%s is stale (%s changed since it was indexed); rebuilding", ipath, jsonl)
         if not build:
             raise UserError(f"{ipath}: index missing or stale; rebuild it with build_index()")
         return build_index(jsonl)
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_sha256(jsonl: str | Path) -> str:
+    """sha256 of a processed jsonl, from its (fresh) index."""
+    return Index.for_jsonl(jsonl).content_sha256
+
+
 class IndexBuilder:
     """Accumulates index rows in compact arrays while a jsonl is written or scanned."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
+        self.source = source  # how messages name the file
         self._offset = array("q")
         self._length = array("i")
         self._line = array("q")
@@ -128,12 +176,19 @@ class IndexBuilder:
         self._offset.append(offset)
         self._length.append(length)
         self._line.append(line)
+        lo, hi = DIFFICULTY_RANGE
+        if not lo <= record.difficulty <= hi:
+            raise UserError(
+                f"{self.source}:{line}: metadata.difficulty {record.difficulty} is outside "
+                f"the index's range {lo}..{hi}; fix the record (difficulties are small "
+                "integers, 0 = unknown)"
+            )
         self._correct.append(1 if record.is_correct else 0)
         self._difficulty.append(record.difficulty)
         pid = self._problem_ids.setdefault(record.problem_id, len(self._problem_ids))
         self._problem.append(pid)
 
-    def build(self, file_size: int) -> Index:
+    def build(self, source: dict[str, int | str]) -> Index:
         rows = np.empty(len(self._offset), dtype=ROW_DTYPE)
         rows["offset"] = np.frombuffer(self._offset, dtype=np.int64)
         rows["length"] = np.frombuffer(self._length, dtype=np.int32)
@@ -141,21 +196,24 @@ class IndexBuilder:
         rows["is_correct"] = np.frombuffer(self._correct, dtype=np.int8).astype(bool)
         rows["difficulty"] = np.frombuffer(self._difficulty, dtype=np.int16)
         rows["problem"] = np.frombuffer(self._problem, dtype=np.int32)
-        return Index(rows, list(self._problem_ids), file_size)
+        return Index(rows, list(self._problem_ids), source)
 
 
 def build_index(
     jsonl: str | Path, skip_invalid: bool = False, stats: ReadStats | None = None
 ) -> Index:
-    """(Re)build and save the index of any processed jsonl, streaming line by line.
+    """(Re)build and save the index of any processed jsonl, streaming line by line and
+    hashing the content on the way.
 
     Malformed lines raise UserError (file:line) unless ``skip_invalid``; skipped lines
     get no row and are counted in ``stats``.
     """
     jsonl = Path(jsonl)
     stats = stats if stats is not None else ReadStats()
-    builder = IndexBuilder()
-    for lineno, offset, body in iter_lines(jsonl):
+    builder = IndexBuilder(str(jsonl))
+    h = hashlib.sha256()
+    before = jsonl.stat()
+    for lineno, offset, body in _hashed_lines(jsonl, h):
         try:
             rec = parse_line(body, jsonl, lineno)
         except UserError:
@@ -168,9 +226,27 @@ def build_index(
         stats.records += 1
     if stats.skipped:
         log.warning("%s: skipped %d malformed line(s)", jsonl, stats.skipped)
-    index = builder.build(jsonl.stat().st_size)
+    after = jsonl.stat()
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise UserError(f"{jsonl} changed while it was being indexed; run again once it is written")
+    index = builder.build(
+        {"size": after.st_size, "mtime_ns": after.st_mtime_ns, "sha256": h.hexdigest()}
+    )
     index.save(index_path(jsonl))
     return index
+
+
+def _hashed_lines(path: Path, h) -> Iterator[tuple[int, int, bytes]]:
+    """``(lineno, offset, line without newline)`` of non-blank lines; feeds every byte to h."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            h.update(raw)
+            start = offset
+            offset += len(raw)
+            body = raw.rstrip(b"\r\n")
+            if body.strip():
+                yield lineno, start, body
 
 
 class JsonlWriter:
@@ -181,13 +257,15 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
-        self._builder = IndexBuilder()
+        self._builder = IndexBuilder(str(self.path))
+        self._hash = hashlib.sha256()
         self._offset = 0
         self.count = 0
 
     def write(self, record: Record) -> None:
         body = record.to_json().encode("utf-8")
         self._fh.write(body + b"\n")
+        self._hash.update(body + b"\n")
         self.count += 1
         self._builder.add(self._offset, len(body), self.count, record)
         self._offset += len(body) + 1
@@ -196,7 +274,10 @@ class JsonlWriter:
         """Finish the file, move it in place and save its index."""
         self._fh.close()
         os.replace(self._tmp, self.path)
-        index = self._builder.build(self.path.stat().st_size)
+        st = self.path.stat()
+        index = self._builder.build(
+            {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": self._hash.hexdigest()}
+        )
         index.save(index_path(self.path))
         return index
 

@@ -37,7 +37,11 @@ def _bins(text: str) -> dict[str, list[int]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint_*.pt or a Meta model dir")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint directory (checkpoint_final/) or a Meta model dir",
+    )
     p.add_argument("--data", required=True, help="processed jsonl split with tests")
     p.add_argument("--k", type=_ks, default=[1], help="pass@k values, e.g. 1,5 (default 1)")
     p.add_argument("--n-samples", type=int, default=1, help="samples per problem (>= max k)")

@@ -135,11 +135,11 @@ def export_hf(
     checkpoint_or_meta_dir: str | Path, out_dir: str | Path, dtype: str | torch.dtype | None = None
 ) -> Path:
     """Export a Meta directory, a safetensors checkpoint or a training checkpoint
-    (``checkpoint_*.pt``, or an fsdp checkpoint directory); the tokenizer is copied."""
-    src = Path(checkpoint_or_meta_dir)
-    if (src.is_file() and src.suffix == ".pt") or (src / "meta.pt").is_file():
-        from weighted_mtp.training.checkpoint import load_policy
+    directory (``checkpoint_final/``, replicated or fsdp); the tokenizer is copied."""
+    from weighted_mtp.training.checkpoint import is_checkpoint, load_policy
 
+    src = Path(checkpoint_or_meta_dir)
+    if is_checkpoint(src):  # verified against its manifest; an old .pt is refused
         model, tokenizer = load_policy(src)
         return export_hf_state_dict(
             model.state_dict(), model.args, out_dir, dtype, Path(tokenizer.path)
@@ -158,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         metavar="PATH",
-        help="training checkpoint (.pt or fsdp dir), Meta model directory or safetensors",
+        help="training checkpoint directory, Meta model directory or safetensors",
     )
     parser.add_argument("--to", required=True, choices=["hf"], help="target format")
     parser.add_argument("out", metavar="OUT", help="output directory")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -95,7 +95,7 @@ def read_meta_dir(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     path = Path(path)
     args = _read_params(path)
     files = meta_checkpoint_files(path)
-    parts = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
+    parts = [_load_pth(f) for f in files]
     if len(parts) == 1:
         return args, parts[0]
     sd: dict[str, Tensor] = {}
@@ -108,15 +108,31 @@ def read_meta_dir(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     return args, sd
 
 
+def _load_pth(f: Path) -> dict[str, Tensor]:
+    """A Meta ``.pth`` through torch's weights-only unpickler: tensors and plain containers,
+    never code; anything else is a clear error."""
+    try:
+        sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # UnpicklingError (a forbidden global), truncated, not torch
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{f}: not a readable weights-only torch checkpoint ({first})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise UserError(f"{f}: not a state dict of tensors")
+    return sd
+
+
 def read_safetensors(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     """params + state dict of a safetensors dir (params.json + model.safetensors) or file."""
     path = Path(path)
     file = path / SAFETENSORS_FILE if path.is_dir() else path
     if not file.exists():
         raise UserError(f"{file} does not exist: expected a safetensors MTP checkpoint")
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{file}: not a readable safetensors file ({exc})") from None
     if (file.parent / PARAMS_FILE).exists():
         args = _read_params(file.parent)
     elif "params" in meta:

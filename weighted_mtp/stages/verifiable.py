@@ -7,7 +7,6 @@ follows the curriculum of ``data_sampling``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -36,15 +35,8 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
         value_loss_type=cfg.training.loss_type,
         gamma=cfg.training.gamma,
         lam=cfg.training.lam,
-        provenance={"critic_checkpoint": str(path), "critic_sha256": _sha256(Path(path))},
+        provenance={"critic_checkpoint": str(path), "critic_sha256": ckpt.file_sha256(path)},
     )
-
-
-def _sha256(path: Path) -> str:
-    """Hash of what the value head was read from (a value-head dir: its safetensors)."""
-    if path.is_dir() and not (path / "meta.pt").exists():
-        path = path / "value_head.safetensors"
-    return ckpt.file_sha256(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -46,15 +46,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -186,57 +180,3 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> torch.Te
     with implicit_replication():
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
-
-
-# --- sharded checkpoints (torch.distributed.checkpoint) ----------------------------------
-META = "meta.pt"
-
-
-def is_dcp_dir(path: Path) -> bool:
-    """A sharded checkpoint directory (DCP shards + ``meta.pt``)."""
-    return path.is_dir() and (path / META).is_file()
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for k, v in flat.items():
-        name, _, rest = k.partition(".")
-        out.setdefault(name, {})[rest] = v
-    return out
-
-
-def _flat(nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {f"{name}.{k}": v for name, sd in nested.items() for k, v in sd.items()}
-
-
-def save_dcp(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> None:
-    """Collective: every rank writes its own shards of weights and optimizer into ``path``."""
-    msd, osd = get_state_dict(nn.ModuleDict(modules), optimizer)
-    dcp.save({"modules": _nest(msd), "optimizer": osd}, checkpoint_id=str(path))
-
-
-def load_dcp(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> None:
-    """Collective: restore weights and optimizer from ``path`` (any world size, resharded)."""
-    container = nn.ModuleDict(modules)
-    msd, osd = get_state_dict(container, optimizer)
-    state = {"modules": _nest(msd), "optimizer": osd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(
-        container,
-        optimizer,
-        model_state_dict=_flat(state["modules"]),
-        optim_state_dict=state["optimizer"],
-    )
-
-
-def load_modules(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Full (unsharded) CPU weights of a sharded checkpoint, in this process only:
-    ``{"policy": state_dict, "value_head": state_dict}`` (no optimizer state is read)."""
-    sd: dict[str, Any] = {}
-    _load_state_dict(
-        sd,
-        storage_reader=dcp.FileSystemReader(str(path)),
-        planner=_EmptyStateDictLoadPlanner(keys={"modules"}),
-        no_dist=True,
-    )
-    return sd["modules"]

@@ -1,0 +1,219 @@
+"""Reading checkpoints: verified against their manifest, no code loaded.
+
+A checkpoint directory holds ``state.json`` (step, epoch, stage, scheduler, scaler,
+sampler, RNG skeleton, best, provenance, data fingerprint), ``config.yaml`` (the resolved
+config), ``weights*.safetensors`` (trainable modules: ``policy.<key>``,
+``value_head.<key>``), ``optimizer*.safetensors`` + its skeleton in ``state.json``,
+``rng.safetensors`` and ``manifest.json``. A file is used only after its size and sha256
+match the manifest. Old single-file ``.pt`` checkpoints (a pickle) are never unpickled
+here: the error names the one-line migration command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from weighted_mtp.models import value_head
+from weighted_mtp.models.value_head import ValueHead
+from weighted_mtp.training.checkpoint.files import (
+    MANIFEST,
+    VERSION,
+    CheckpointError,
+    Manifest,
+    sha256_file,
+)
+from weighted_mtp.training.checkpoint.tensors import PartReader, decode
+
+STATE, CONFIG = "state.json", "config.yaml"
+# config fields holding paths: stored absolute, plus relative to the checkpoint
+PATH_FIELDS = (
+    "models.policy.path",
+    "models.policy.tokenizer_path",
+    "models.reference.path",
+    "dataset.train",
+    "dataset.validation",
+    "experiment.critic_checkpoint",
+)
+
+
+def migrate_hint(path: Path) -> str:
+    return f"python -m weighted_mtp checkpoint migrate {path}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A training checkpoint (current format: a directory with a manifest or state.json;
+    an old pickle format: a ``.pt`` file or a directory with ``meta.pt``)."""
+    if path.is_dir():
+        return any((path / n).is_file() for n in (MANIFEST, STATE, "meta.pt"))
+    return path.suffix == ".pt"
+
+
+class Checkpoint:
+    """One checkpoint directory, opened and verified lazily file by file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = p = Path(path)
+        if p.is_file():
+            raise CheckpointError(
+                f"{p}: a single-file checkpoint of the old pickle format, which can run code "
+                f"when loaded, so it is not read; convert it once with: {migrate_hint(p)}"
+            )
+        if not p.is_dir():
+            raise CheckpointError(f"checkpoint not found: {p}")
+        if (p / "meta.pt").is_file() and not (p / MANIFEST).is_file():
+            raise CheckpointError(
+                f"{p}: an fsdp checkpoint of the old pickle format (meta.pt + DCP .metadata); "
+                "it cannot be read safely: train again, or resume it with the weighted_mtp "
+                "version that wrote it and save a new checkpoint"
+            )
+        self.manifest = Manifest(p)
+        state_file = self.manifest.path(STATE)
+        try:
+            self.meta: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{state_file}: not valid JSON ({exc})") from None
+        if self.meta.get("version") != VERSION:
+            raise CheckpointError(f"{state_file}: format version {self.meta.get('version')}")
+        if CONFIG not in self.manifest.files:
+            raise CheckpointError(
+                f"{p / CONFIG}: missing; a checkpoint without its config cannot be resumed, "
+                "evaluated or exported (its model path and settings are unknown)"
+            )
+        cfg_file = self.manifest.path(CONFIG)
+        try:
+            self.config: dict[str, Any] = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{cfg_file}: not valid YAML ({exc})") from None
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{cfg_file}: not a config mapping")
+
+    @property
+    def stage(self) -> str:
+        return self.meta["stage"]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    def part(self, name: str) -> PartReader:
+        return PartReader(self.manifest, name)
+
+    def modules(self, only: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Full (unsharded) CPU weights: ``{"policy": sd, "value_head": sd}`` (``only``:
+        just that module's, nothing else is read)."""
+        reader = self.part("weights")
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for key in reader:
+            name, _, rest = key.partition(".")
+            if only is None or name == only:
+                out.setdefault(name, {})[rest] = reader.full(key)
+        return out
+
+    def rng(self) -> dict[str, Any]:
+        reader = self.part("rng")
+        return decode(self.meta["rng"], reader.full)
+
+    def config_path(self, field: str) -> str | None:
+        """A path field of the stored config: as stored (absolute) when it exists, else
+        relative to the checkpoint (a tree of storage/ moved or copied elsewhere)."""
+        section, _, leaf = field.rpartition(".")
+        node: Any = self.config
+        for k in section.split("."):
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if not value:
+            return None
+        rel = self.meta.get("relative_paths", {}).get(field)
+        if not Path(value).exists() and rel and (self.path / rel).exists():
+            return os.path.normpath(self.path / rel)
+        return value
+
+
+def relative_paths(cfg: dict[str, Any], ckpt_dir: Path) -> dict[str, str]:
+    """PATH_FIELDS of ``cfg`` (absolute already) relative to ``ckpt_dir``."""
+    out = {}
+    for field in PATH_FIELDS:
+        node: Any = cfg
+        for k in field.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        if node:
+            out[field] = os.path.relpath(node, ckpt_dir)
+    return out
+
+
+def load(path: str | Path, with_modules: bool = True) -> dict[str, Any]:
+    """The state of a checkpoint as a dict (``modules``: full CPU weights, ``config``)."""
+    ck = Checkpoint(path)
+    state = dict(ck.meta) | {"config": ck.config}
+    if with_modules:
+        state["modules"] = ck.modules()
+    return state
+
+
+def file_sha256(path: str | Path) -> str:
+    """Identity of what a model or value head was read from: a checkpoint directory's
+    manifest, a value-head directory's safetensors, or the file itself."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / MANIFEST).is_file():
+            return Manifest(p).digest()
+        p = p / "value_head.safetensors"
+    return sha256_file(p)
+
+
+def load_value_head(path: str | Path) -> ValueHead:
+    """The value head of a training checkpoint (critic or verifiable), or of a standalone
+    ``value_head.safetensors`` file or directory."""
+    p = Path(path)
+    if not is_checkpoint(p):
+        return value_head.load_value_head(p)
+    ck = Checkpoint(p)
+    if ck.meta.get("value_head_config") is None:
+        raise CheckpointError(
+            f"{p} is a {ck.stage} checkpoint without a value head: point "
+            "experiment.critic_checkpoint at a critic checkpoint (e.g. checkpoint_best)"
+        )
+    head = ValueHead(**ck.meta["value_head_config"])
+    sd = ck.modules("value_head").get("value_head", {})
+    try:
+        head.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{p}: value head does not match its config ({exc})") from None
+    return head
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu"):
+    """The policy of a training checkpoint, with its tokenizer: (model, tokenizer).
+
+    The base model comes from the checkpoint's ``models.policy`` config; a checkpoint
+    that trained the policy (baseline, verifiable, rho1) overrides its weights. A Meta
+    directory or safetensors checkpoint is loaded as it is.
+    """
+    from weighted_mtp.models.formats import check_state_dict, load_model
+    from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
+
+    p = Path(path)
+    if p.is_dir() and not is_checkpoint(p):
+        tok_dir = p / "tokenizer" if (p / "tokenizer").exists() else p
+        return load_model(p, device=device), load_tokenizer(tok_dir)
+    ck = Checkpoint(p)
+    model_path = ck.config_path("models.policy.path")
+    if not model_path or not Path(model_path).exists():
+        raise CheckpointError(
+            f"{p}: its base model models.policy.path={model_path!r} does not exist (nor "
+            "relative to the checkpoint); put the model there"
+        )
+    policy = ck.config["models"]["policy"]
+    model = load_model(model_path, policy["dtype"], device)
+    trained = ck.modules("policy").get("policy")
+    if trained is not None:
+        check_state_dict(trained, model.args, str(ck.manifest.path("state.json").parent))
+        model.load_state_dict(trained)
+    tok = policy_tokenizer_path(model_path, ck.config_path("models.policy.tokenizer_path"))
+    return model, load_tokenizer(tok)
