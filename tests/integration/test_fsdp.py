@@ -148,11 +148,10 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
             *extra,
         )
         _train(cfg, launcher, tmp_path, name)
-        final = tmp_path / name / "checkpoint_final"
-        state = ckpt.load(final if final.is_dir() else final.with_suffix(".pt"))
+        state = ckpt.load(tmp_path / name / "checkpoint_final")
         return {**state, "losses": losses(f"sqlite:///{tmp_path}/{name}.db")}
 
-    critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final.pt"
+    critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final"
     # rho1 keeps the top k% of each micro-batch's tokens: a batch of 4 sequences selects
     # differently from two of 2, so its peer is ddp with the same 2 ranks
     peers = {"critic": "critic", "verifiable": "verifiable", "rho1": "rho1-ddp"}
