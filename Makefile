@@ -5,9 +5,19 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slurm lint format setup demo bench-decode seed-configs clean
+.PHONY: install bwrap test test-slurm lint format setup demo bench-decode bench-sandbox seed-configs clean
 
-install: $(STAMP)
+install: bwrap $(STAMP)
+
+# bubblewrap: the sandbox of `evaluate` and `prepare synthetic` (README: Security model).
+# Installed with apt when missing and we are root; otherwise say what to do.
+bwrap:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else \
+	    echo "bwrap is missing: install bubblewrap (README: Security model)" >&2; \
+	  fi; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: bwrap $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slurm: $(STAMP)
@@ -38,6 +48,8 @@ demo: $(STAMP)
 	$(BIN)/python -m weighted_mtp.demo
 
 bench-decode: $(STAMP) ; $(BIN)/python benchmarks/decode.py
+
+bench-sandbox: bwrap $(STAMP) ; $(BIN)/python benchmarks/sandbox.py
 
 # Write the seed's 8 flat config files (configs/<stage>/<stage>[_local].yaml) from conf/.
 seed-configs: $(STAMP)
