@@ -331,3 +331,39 @@ def test_limits_are_validated() -> None:
         Limits(cpu_s=0)
     with pytest.raises(ValueError, match="isolation"):
         Limits(isolation="chroot")
+
+
+@pytest.mark.parametrize("iso", ["bwrap", "none"])
+def test_label_verification_runs_programs_in_the_sandbox(iso: str) -> None:
+    from weighted_mtp.data.verify import run_programs
+
+    jobs = [
+        ("print(int(input()) * 2)", ["1", "5"]),
+        ("import os\nprint(os.getcwd())", [""]),
+        ("print(open('/etc/passwd').read()[:5])", [""]),
+        ("while True:\n    pass", [""]),
+    ]
+    out = run_programs(jobs, workers=2, limit_s=0.3, isolation=iso)
+    assert out[0] == ["2\n", "10\n"] and out[3] == [None]
+    if iso == "bwrap":
+        assert out[1] == [isolation.WORK_DIR + "\n"] and out[2] == [None]  # no /etc inside
+    else:
+        assert out[1] != [isolation.WORK_DIR + "\n"] and out[2] == ["root:\n"]
+
+
+def test_prepare_synthetic_uses_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weighted_mtp.__main__ import main
+
+    argv = ["prepare", "synthetic", "--out", str(tmp_path / "syn"), "--n-records", "12"]
+    assert main([*argv, "--isolation", "none"]) == 0
+    assert "WARNING: isolation=none" in capsys.readouterr().err
+    labels = (tmp_path / "syn" / "train.jsonl").read_text()
+    assert main(argv) == 0  # bwrap: the same verified labels
+    assert (tmp_path / "syn" / "train.jsonl").read_text() == labels
+    monkeypatch.setitem(isolation._INSTANCES, "bwrap", BwrapIsolation())
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert main([*argv, "--out", str(tmp_path / "other")]) == 2
+    assert "bwrap is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
