@@ -264,9 +264,10 @@ def test_isolation_unavailable_refuses_unless_opted_out(
 ):
     from weighted_mtp.__main__ import main
     from weighted_mtp.evaluation import isolation
+    from weighted_mtp.evaluation.bwrap import BwrapIsolation
 
     calls = _fake_sampler(monkeypatch)
-    monkeypatch.setitem(isolation._INSTANCES, "bwrap", isolation.BwrapIsolation())
+    monkeypatch.setitem(isolation._INSTANCES, "bwrap", BwrapIsolation())
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no bwrap here
     policy = micro_storage / "models" / "micro-mtp"
     argv = ["evaluate", "--checkpoint", str(policy), "--data", str(_split(micro_storage))]

@@ -15,7 +15,8 @@ import pytest
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import isolation
-from weighted_mtp.evaluation.isolation import BwrapIsolation, IsolationUnavailable
+from weighted_mtp.evaluation.bwrap import BwrapIsolation
+from weighted_mtp.evaluation.isolation import IsolationUnavailable
 from weighted_mtp.evaluation.sandbox import (
     Limits,
     check_function,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from weighted_mtp.errors import UserError
 
 if TYPE_CHECKING:
-    from weighted_mtp.evaluation.evaluate import EvalConfig
+    from weighted_mtp.evaluation.config import EvalConfig
 
 HELP = "sample programs from a checkpoint, run them against the split's tests, report pass@k"
 
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The :class:`EvalConfig` the flags describe."""
-    from weighted_mtp.evaluation.evaluate import DEFAULT_BINS, EvalConfig
+    from weighted_mtp.evaluation.config import DEFAULT_BINS, EvalConfig
 
     out = args.out or str(Path("storage/eval") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     return EvalConfig(
