@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -184,6 +185,35 @@ def test_program_runs_as_an_unprivileged_kernel_uid() -> None:
     uids = next(ln.split()[1:] for ln in found[0].splitlines() if ln.startswith("Uid:"))
     want = str(isolation.SANDBOX_UID if os.geteuid() == 0 else os.geteuid())
     assert uids == [want] * 4
+
+
+def test_files_of_root_stay_unreadable_inside() -> None:
+    """Even a root-owned 0600 file bind-mounted into the sandbox cannot be read: a root
+    evaluator drops to nobody *before* bwrap (bwrap's own ``--uid`` would map to root)."""
+    iso = BwrapIsolation()
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        os.chmod(d, 0o755)
+        secret = Path(d) / "secret"
+        secret.write_text("owner-only")
+        secret.chmod(0o600)
+        src = "print(open('/secret').read())"
+        launch = iso.launch([iso.default_python(), "-I", "-c", src], "/", 1 << 20)
+        cut = launch.argv.index("--remount-ro")  # mount the file in, just for this test
+        argv = [*launch.argv[:cut], "--ro-bind", str(secret), "/secret", *launch.argv[cut:]]
+        user = {}
+        if launch.user is not None:
+            user = {"user": launch.user, "group": launch.user, "extra_groups": []}
+        try:
+            proc = subprocess.run(
+                argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True,
+                pass_fds=launch.pass_fds, timeout=30, **user,
+            )  # fmt: skip
+        finally:
+            iso.abandon(launch)
+    if os.geteuid() == 0:
+        assert "PermissionError" in proc.stderr and "owner-only" not in proc.stdout
+    else:  # not root: the program runs as you (README: Security model)
+        assert proc.stdout == "owner-only\n"
 
 
 def test_bwrap_missing_or_broken_is_a_clear_user_error(

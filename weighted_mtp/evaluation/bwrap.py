@@ -19,7 +19,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -60,6 +59,16 @@ def _is_namespace_init(pid: int) -> bool:
     except OSError:
         return False
     return any(ln.startswith("NSpid:") and ln.split()[-1] == "1" for ln in status.splitlines())
+
+
+@functools.cache
+def _options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap supports, from ``bwrap --help``."""
+    try:
+        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
+    except OSError:
+        return frozenset()
+    return frozenset(w for w in text.split() if w.startswith("--"))
 
 
 def _reachable_by_others(path: str) -> bool:
@@ -111,7 +120,7 @@ class BwrapIsolation(Isolation):
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise IsolationUnavailable(self._advice("bwrap is not installed"))
-        options = self._options(bwrap)
+        options = _options(bwrap)
         argv = [bwrap, "--unshare-all", "--unshare-user"]
         if "--disable-userns" in options:  # bwrap >= 0.8: no nested user namespaces
             argv.append("--disable-userns")
@@ -131,15 +140,6 @@ class BwrapIsolation(Isolation):
         env = {"PATH": PATH}
         user = SANDBOX_UID if self._drop() else None
         return Launch(argv, "/", env, user, True, pass_fds=(info_w,), info_fd=info_r)
-
-    @functools.cache  # noqa: B019  (two module-level instances)
-    def _options(self, bwrap: str) -> frozenset[str]:
-        """The options this bwrap supports, from ``bwrap --help``."""
-        try:
-            text = subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
-        except OSError:
-            return frozenset()
-        return frozenset(w for w in text.split() if w.startswith("--"))
 
     def started(self, launch: Launch, proc: subprocess.Popen) -> None:
         """Take a pidfd on the PID namespace's init, whose pid bwrap writes to --info-fd.
@@ -199,19 +199,17 @@ class BwrapIsolation(Isolation):
             "import os, socket\n"
             "print(os.getpid(), [n for _, n in socket.if_nameindex()], os.path.exists('/root'))"
         )
-        with tempfile.TemporaryDirectory(prefix="wmtp-bwrap-check-") as tmp:
-            launch = self.launch([python, "-I", "-c", probe], tmp, 1 << 20)
-            user = {} if launch.user is None else {"user": launch.user, "group": launch.user}
-            try:
-                proc = subprocess.run(
-                    launch.argv, cwd=launch.cwd, env=launch.env, capture_output=True,
-                    text=True, timeout=30, extra_groups=[] if user else None,
-                    pass_fds=launch.pass_fds, **user,
-                )  # fmt: skip
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return f"bwrap self-test failed: {exc}"
-            finally:
-                self.abandon(launch)
+        launch = self.launch([python, "-I", "-c", probe], "/", 1 << 20)
+        user = {} if launch.user is None else {"user": launch.user, "group": launch.user}
+        try:
+            proc = subprocess.run(
+                launch.argv, cwd=launch.cwd, env=launch.env, capture_output=True, text=True,
+                timeout=30, extra_groups=[] if user else None, pass_fds=launch.pass_fds, **user,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bwrap self-test failed: {exc}"
+        finally:
+            self.abandon(launch)
         if proc.returncode != 0 or proc.stdout.split(None, 1)[:1] != ["2"]:
             detail = (proc.stderr.strip() or proc.stdout.strip())[-500:]
             return f"bwrap self-test failed (exit {proc.returncode}): {detail}"
