@@ -311,18 +311,19 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(
     first = {}
     for r in recs:
         first.setdefault(r.problem_id, r)
-    chosen = list(first.values())[:3]
+    chosen = list(first.values())[:4]
     chosen[1].instruction = "Read the numbers carefully. " * 2000  # far over the context
+    chosen[3].instruction = "x" * 5_000_000  # skipped on its length alone, never tokenized
     data = tmp_path / "long.jsonl"
     data.write_text("".join(r.to_json() + "\n" for r in chosen))
     policy = micro_storage / "models" / "micro-mtp"
     argv = ["evaluate", "--checkpoint", str(policy), "--data", str(data)]
     argv += ["--max-new-tokens", "4", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
-    assert "skipped 1 problems whose prompt is longer than" in capsys.readouterr().out
+    assert "skipped 2 problems whose prompt is longer than" in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["skipped_long_prompt"] == 1 and summary["n_problems"] == 2
-    assert summary["skipped_long_prompt_ids"] == [chosen[1].problem_id]
+    assert summary["skipped_long_prompt"] == 2 and summary["n_problems"] == 2
+    assert summary["skipped_long_prompt_ids"] == [chosen[1].problem_id, chosen[3].problem_id]
     assert summary["max_prompt_tokens"] == ev.DEFAULT_CONTEXT - 4
     rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert [json.loads(r)["problem_id"] for r in rows] == [

@@ -181,8 +181,16 @@ def sample_programs(
     model, tok = load_policy(cfg.checkpoint, device)
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     budget = prompt_budget(cfg, model)
-    encoded = [encode_prompt(p.record, tok) for p in problems]
-    kept = [i for i, ids in enumerate(encoded) if len(ids) <= budget]
+    # A token spells at most `longest` characters (NFKC may merge a few; margin 4): longer
+    # texts cannot fit and are skipped without tokenizing (a 50 MB statement costs nothing).
+    longest = max(len(tok.id_to_piece(i)) for i in range(tok.vocab_size))
+    encoded = [
+        encode_prompt(p.record, tok)
+        if len(p.record.instruction) + len(p.record.input) <= 4 * longest * budget
+        else None
+        for p in problems
+    ]
+    kept = [i for i, ids in enumerate(encoded) if ids is not None and len(ids) <= budget]
     prompts = [encoded[i] for i in kept for _ in range(cfg.n_samples)]
     seed_gen = torch.Generator().manual_seed(cfg.seed)
     top = torch.iinfo(torch.int64).max
