@@ -210,7 +210,6 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
     python = limits.python or iso.default_python()
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     try:
-        os.chmod(base, 0o711)
         files = {n: os.path.join(base, n) for n in ("stdin", "stdout", "stderr", "source")}
         with open(files["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
