@@ -5,9 +5,21 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-slurm lint format setup demo bench-decode seed-configs clean
+.PHONY: install bwrap test test-slurm lint format setup demo bench-decode bench-sandbox seed-configs clean
 
-install: $(STAMP)
+install: bwrap $(STAMP)
+
+# bubblewrap: the sandbox of `evaluate` and `prepare synthetic` (README: Security model).
+# Installed with apt when missing (as root, or with passwordless sudo); otherwise says how.
+bwrap:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "bwrap is missing: install bubblewrap (README: Security model)" >&2; exit 0; fi; \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "bwrap is missing: install bubblewrap (README: Security model)" >&2; exit 0; fi; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: bwrap $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slurm: $(STAMP)
@@ -38,6 +50,8 @@ demo: $(STAMP)
 	$(BIN)/python -m weighted_mtp.demo
 
 bench-decode: $(STAMP) ; $(BIN)/python benchmarks/decode.py
+
+bench-sandbox: bwrap $(STAMP) ; $(BIN)/python benchmarks/sandbox.py
 
 # Write the seed's 8 flat config files (configs/<stage>/<stage>[_local].yaml) from conf/.
 seed-configs: $(STAMP)

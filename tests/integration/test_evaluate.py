@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from weighted_mtp.data.records import Record, read_records
+from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
 
 
@@ -207,3 +208,128 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
         assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and 0.0 <= r["greedy_pass@1"] <= 1.0
         assert math.isfinite(r["val/loss"]) and r["tokens_per_s"] > 0
     assert (out / "results.png").stat().st_size > 0
+
+
+def _fake_sampler(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace generation by echoing each problem's first solution; records the calls."""
+    calls: list[str] = []
+
+    def fake_sample(cfg, problems):
+        calls.append(cfg.isolation)
+        return [[p.record.output] * cfg.n_samples for p in problems], {
+            "gen_tokens": 0,
+            "gen_seconds": 0.0,
+            "tokens_per_s": 0.0,
+        }
+
+    monkeypatch.setattr(ev, "sample_programs", fake_sample)
+    return calls
+
+
+def test_every_argument_is_checked_before_generation(
+    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from weighted_mtp.__main__ import main
+
+    calls = _fake_sampler(monkeypatch)
+    policy = micro_storage / "models" / "micro-mtp"
+    base = ["evaluate", "--checkpoint", str(policy), "--data", str(_split(micro_storage))]
+    base += ["--out", str(tmp_path / "out"), "--limit", "2"]
+    for bad, field in [
+        (["--timeout", "0"], "timeout_s"),
+        (["--timeout", "nan"], "timeout_s"),
+        (["--top-p", "0"], "top_p"),
+        (["--temperature", "-1"], "temperature"),
+        (["--max-new-tokens", "0"], "max_new_tokens"),
+        (["--max-prompt-tokens", "0"], "max_prompt_tokens"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "x"], "device"),
+        (["--device", "tpu-9000"], "device"),
+        (["--bins", '{"low": [5, 1]}'], "difficulty_bins.low"),
+        (["--data", str(tmp_path / "missing.jsonl")], "data file not found"),
+    ]:
+        assert main([*base, *bad]) == 2, bad
+        assert field in capsys.readouterr().err, bad
+    assert calls == []  # nothing was generated
+    with pytest.raises(SystemExit) as exc:  # argparse: not a choice
+        main([*base, "--isolation", "jail"])
+    assert exc.value.code == 2 and "invalid choice: 'jail'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="isolation must be one of bwrap, none"):  # Hydra form
+        ev.EvalConfig(
+            checkpoint=str(policy), data=str(_split(micro_storage)), isolation="jail"
+        ).check()
+
+
+def test_isolation_unavailable_refuses_unless_opted_out(
+    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from weighted_mtp.__main__ import main
+    from weighted_mtp.evaluation import isolation
+    from weighted_mtp.evaluation.bwrap import BwrapIsolation
+
+    calls = _fake_sampler(monkeypatch)
+    monkeypatch.setitem(isolation._INSTANCES, "bwrap", BwrapIsolation())
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no bwrap here
+    policy = micro_storage / "models" / "micro-mtp"
+    argv = ["evaluate", "--checkpoint", str(policy), "--data", str(_split(micro_storage))]
+    argv += ["--out", str(tmp_path / "out"), "--limit", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bwrap is not installed" in err and "--isolation none" in err
+    assert "Traceback" not in err and calls == []
+    assert main([*argv, "--isolation", "none"]) == 0  # explicit opt-out: runs, and warns
+    assert "WARNING: isolation=none" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["isolation"] == "none" and summary["pass@1"] == 1.0 and calls == ["none"]
+
+
+def test_malformed_lines_stop_or_are_skipped_with_a_count(
+    micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from weighted_mtp.__main__ import main
+
+    _fake_sampler(monkeypatch)
+    lines = _split(micro_storage).read_text().splitlines()[:6]
+    data = tmp_path / "broken.jsonl"
+    data.write_text("\n".join([*lines[:3], "{not json", *lines[3:]]) + "\n")
+    policy = micro_storage / "models" / "micro-mtp"
+    argv = ["evaluate", "--checkpoint", str(policy), "--data", str(data)]
+    argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:4: malformed record" in err and "--skip-invalid" in err
+    assert main([*argv, "--skip-invalid"]) == 0  # the flag the message names exists
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["skipped_invalid_lines"] == 1
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(
+    micro_storage: Path, tmp_path: Path, capsys
+):
+    from weighted_mtp.__main__ import main
+
+    recs = list(read_records(_split(micro_storage)))
+    first = {}
+    for r in recs:
+        first.setdefault(r.problem_id, r)
+    chosen = list(first.values())[:4]
+    chosen[1].instruction = "Read the numbers carefully. " * 2000  # far over the context
+    chosen[3].instruction = "x" * 5_000_000  # skipped on its length alone, never tokenized
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(r.to_json() + "\n" for r in chosen))
+    policy = micro_storage / "models" / "micro-mtp"
+    argv = ["evaluate", "--checkpoint", str(policy), "--data", str(data)]
+    argv += ["--max-new-tokens", "4", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "skipped 2 problems whose prompt is longer than" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["skipped_long_prompt"] == 2 and summary["n_problems"] == 2
+    assert summary["skipped_long_prompt_ids"] == [chosen[1].problem_id, chosen[3].problem_id]
+    assert summary["max_prompt_tokens"] == ev.DEFAULT_CONTEXT - 4
+    rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(r)["problem_id"] for r in rows] == [
+        chosen[0].problem_id,
+        chosen[2].problem_id,
+    ]
+    # an explicit budget below every prompt: nothing to generate from is a user error
+    assert main([*argv, "--max-prompt-tokens", "3"]) == 2
+    assert "--max-prompt-tokens" in capsys.readouterr().err

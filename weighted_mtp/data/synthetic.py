@@ -5,9 +5,10 @@ with ``n_records`` records in all, split 10:1:1 by problem (no problem is in two
 Each problem (a family from ``synthetic_tasks*`` plus parameters) yields 1-2 correct
 programs and up to 3 incorrect ones: family-specific bugs plus single-site mutations of a
 correct program (off-by-one, wrong operator / comparison / function, wrong output format).
-Every label is checked by running the program on all of the problem's tests in a
-subprocess: a correct program must pass all (else the generator is broken: error), an
-incorrect candidate must fail at least one (candidates that pass everything are dropped).
+Every label is checked by running the program on all of the problem's tests in the
+evaluation sandbox (bubblewrap unless ``isolation="none"``, see ``data.verify``): a correct
+program must pass all (else the generator is broken: error), an incorrect candidate must
+fail at least one (candidates that pass everything are dropped).
 Records carry the tests in ``metadata.tests`` (the first two are shown in ``input``).
 Deterministic for a seed.
 """
@@ -118,7 +119,7 @@ def _candidates(p: Problem, rng: Random) -> list[tuple[str, str]]:
     return cands[: MAX_INCORRECT + 2]
 
 
-def _records(problems: list[Problem], rng: Random) -> list[list[Record]]:
+def _records(problems: list[Problem], rng: Random, isolation: str) -> list[list[Record]]:
     """Build and verify the records of each problem (one parallel verification run)."""
     plans = []
     for p in problems:
@@ -126,7 +127,7 @@ def _records(problems: list[Problem], rng: Random) -> list[list[Record]]:
     jobs = [
         (prog, p.inputs) for p, cands in plans for prog in [*p.solutions, *(c for c, _ in cands)]
     ]
-    results = iter(run_programs(jobs))
+    results = iter(run_programs(jobs, isolation=isolation))
     out = []
     for p, cands in plans:
         expected = [p.solve(t) for t in p.inputs]
@@ -182,8 +183,9 @@ def split_targets(n_records: int) -> dict[str, int]:
     return counts
 
 
-def generate(n_records: int, seed: int = 0) -> dict[str, list[Record]]:
-    """The records of each split; deterministic for ``(n_records, seed)``."""
+def generate(n_records: int, seed: int = 0, isolation: str = "bwrap") -> dict[str, list[Record]]:
+    """The records of each split; deterministic for ``(n_records, seed)``. ``isolation``:
+    how label verification runs the programs (``bwrap`` or ``none``)."""
     if n_records < len(SPLITS):
         raise UserError(f"--n-records {n_records}: need at least {len(SPLITS)} records")
     targets = split_targets(n_records)
@@ -197,7 +199,7 @@ def generate(n_records: int, seed: int = 0) -> dict[str, list[Record]]:
                 f"--n-records {n_records} is more than the synthetic families can make "
                 f"({sum(map(len, splits.values()))} records); ask for fewer"
             )
-        for recs in _records(problems, rng):
+        for recs in _records(problems, rng, isolation):
             open_splits = [s for s, t in targets.items() if len(splits[s]) < t]
             if not open_splits:
                 break
@@ -209,11 +211,13 @@ def generate(n_records: int, seed: int = 0) -> dict[str, list[Record]]:
     return splits
 
 
-def write_synthetic(out_dir: Path, n_records: int = 3600, seed: int = 0) -> dict[str, Path]:
+def write_synthetic(
+    out_dir: Path, n_records: int = 3600, seed: int = 0, isolation: str = "bwrap"
+) -> dict[str, Path]:
     """Generate the task set into ``out_dir`` (train/valid/test.jsonl + indexes)."""
     out_dir = Path(out_dir)
     paths = {}
-    for name, recs in generate(n_records, seed).items():
+    for name, recs in generate(n_records, seed, isolation).items():
         paths[name] = out_dir / f"{name}.jsonl"
         with JsonlWriter(paths[name]) as w:
             for r in recs:

@@ -1,29 +1,29 @@
-"""Run stdin/stdout Python programs against tests, many per subprocess, in parallel.
+"""Run stdin/stdout Python programs against tests, many per sandboxed process, in parallel.
 
-Each worker is one ``python -c HARNESS`` process that compiles each program once and
-``exec``s it per test input with ``sys.stdin`` / ``sys.stdout`` redirected to strings
-and a per-test time limit (SIGALRM). Used to verify synthetic labels; programs are our
-own generated code, so there is no sandbox beyond the subprocess.
+Each worker is one sandboxed run (``evaluation.sandbox.run_program``: bubblewrap by default,
+the same isolation as evaluation) of HARNESS, which compiles each program once and ``exec``s
+it per test input with ``sys.stdin`` / ``sys.stdout`` redirected to strings and a per-test
+time limit (SIGALRM). Used to verify the labels of dataset programs (synthetic).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from weighted_mtp.data.records import outputs_match
+from weighted_mtp.evaluation.sandbox import Limits, run_program
 
 HARNESS = r"""
 import io, json, signal, sys
-limit = float(sys.argv[1])
+payload = json.load(sys.stdin)
+limit = payload["limit_s"]
 def _alarm(*_):
     raise TimeoutError
 signal.signal(signal.SIGALRM, _alarm)
-jobs = json.load(sys.stdin)
+jobs = payload["jobs"]
 real_in, real_out = sys.stdin, sys.stdout
 results = []
 for source, inputs in jobs:
@@ -51,25 +51,31 @@ json.dump(results, real_out)
 """
 
 
-def _run_chunk(jobs: list[tuple[str, list[str]]], limit_s: float) -> list[list[str | None]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", HARNESS, str(limit_s)],
-        input=json.dumps(jobs),
-        capture_output=True,
-        text=True,
-        timeout=60 + limit_s * sum(len(i) for _, i in jobs),
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"verification harness failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+def _run_chunk(
+    jobs: list[tuple[str, list[str]]], limit_s: float, isolation: str
+) -> list[list[str | None]]:
+    n_inputs = sum(len(i) for _, i in jobs)
+    size = 64 << 20  # the harness prints every output of the chunk as one JSON document
+    limits = Limits(
+        timeout_s=60 + limit_s * n_inputs, max_output_bytes=size, max_file_bytes=size,
+        isolation=isolation,
+    )  # fmt: skip
+    res = run_program(HARNESS, json.dumps({"limit_s": limit_s, "jobs": jobs}), limits)
+    if res.status != "ok" or res.truncated:
+        raise RuntimeError(f"verification harness failed ({res.status}): {res.stderr[-2000:]}")
+    return json.loads(res.stdout)
 
 
 def run_programs(
     jobs: Sequence[tuple[str, Sequence[str]]],
     workers: int | None = None,
     limit_s: float = 0.5,
+    isolation: str = "bwrap",
 ) -> list[list[str | None]]:
-    """For each ``(source, inputs)`` the stdout per input (None: error or timeout)."""
+    """For each ``(source, inputs)`` the stdout per input (None: error or timeout).
+
+    ``isolation``: ``bwrap`` or ``none`` (see ``evaluation.isolation``); raises
+    IsolationUnavailable when bwrap cannot run here."""
     jobs = [(src, list(inputs)) for src, inputs in jobs]
     if not jobs:
         return []
@@ -77,7 +83,7 @@ def run_programs(
     n_chunks = min(len(jobs), workers * 2)
     chunks = [jobs[i::n_chunks] for i in range(n_chunks)]
     with ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(lambda c: _run_chunk(c, limit_s), chunks))
+        done = list(pool.map(lambda c: _run_chunk(c, limit_s, isolation), chunks))
     results: list[list[str | None]] = [[] for _ in jobs]
     for i, chunk_result in enumerate(done):
         for j, outs in enumerate(chunk_result):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from weighted_mtp.errors import UserError
 
 if TYPE_CHECKING:
-    from weighted_mtp.evaluation.evaluate import EvalConfig
+    from weighted_mtp.evaluation.config import EvalConfig
 
 HELP = "sample programs from a checkpoint, run them against the split's tests, report pass@k"
 
@@ -52,6 +52,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
     p.add_argument("--concurrency", type=int, default=2, help="programs run at once")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per test run")
+    p.add_argument(
+        "--isolation", choices=("bwrap", "none"), default="bwrap",
+        help="sandbox: bwrap (OS-level, default) or none (Python guards only; warns)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=None,
+        help="skip problems with longer prompts (default: model context - max new tokens)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="skip (and count) malformed data lines"
+    )
     p.add_argument("--out", default=None, help="output dir (default storage/eval/<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
@@ -63,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The :class:`EvalConfig` the flags describe."""
-    from weighted_mtp.evaluation.evaluate import DEFAULT_BINS, EvalConfig
+    from weighted_mtp.evaluation.config import DEFAULT_BINS, EvalConfig
 
     out = args.out or str(Path("storage/eval") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     return EvalConfig(
@@ -79,6 +90,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         limit=args.limit,
         concurrency=args.concurrency,
         timeout_s=args.timeout,
+        isolation=args.isolation,
+        max_prompt_tokens=args.max_prompt_tokens,
+        skip_invalid=args.skip_invalid,
         seed=args.seed,
         device=args.device,
         difficulty_bins=args.bins or dict(DEFAULT_BINS),
@@ -97,5 +111,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. sampling parameters out of range
         raise UserError(str(exc)) from exc
     print(format_summary(summary, cfg.ks))
+    if summary["skipped_long_prompt"]:
+        print(
+            f"skipped {summary['skipped_long_prompt']} problems whose prompt is longer than "
+            f"{summary['max_prompt_tokens']} tokens (listed in summary.json)"
+        )
     print(f"generation: {summary['tokens_per_s']:.0f} tokens/s; results in {cfg.out_dir}")
     return 0

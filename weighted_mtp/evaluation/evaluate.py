@@ -6,6 +6,11 @@ programs are sampled from head 0, each distinct program is run once in the sandb
 against the problem's tests (stdio or HumanEval), and pass@k is the unbiased estimate
 (needs ``n >= k``). Writes ``results.jsonl`` (one row per problem) and ``summary.json``
 (overall and per difficulty bin) into ``out_dir``; logs to MLflow when a URI is given.
+
+Every setting is checked, and the sandbox's isolation self-tested, before the model is
+loaded. A problem whose prompt is longer than ``max_prompt_tokens`` (default: the model's
+context minus ``max_new_tokens``) is skipped, counted and listed in the summary
+(``skipped_long_prompt``), never truncated: a cut statement is a different problem.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from weighted_mtp.config.schema import EvaluationConfig
-from weighted_mtp.data.records import Record, check_program, kind_of_tests, read_records, tests_of
+from weighted_mtp.data.records import (
+    ReadStats,
+    Record,
+    check_program,
+    kind_of_tests,
+    read_records,
+    tests_of,
+)
 from weighted_mtp.errors import UserError
+from weighted_mtp.evaluation.config import DEFAULT_BINS, DEFAULT_CONTEXT, EvalConfig
 from weighted_mtp.evaluation.generate import SamplingParams
+from weighted_mtp.evaluation.isolation import require_isolation
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
 from weighted_mtp.evaluation.sandbox import (
     CheckResult,
@@ -36,40 +49,7 @@ from weighted_mtp.evaluation.sandbox import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BINS: dict[str, list[int]] = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
-
-
-class EvalConfig(EvaluationConfig):
-    """The evaluation settings (fields: :class:`~weighted_mtp.config.schema.EvaluationConfig`)."""
-
-    def check(self) -> None:
-        """Raise UserError naming every inconsistent field."""
-        errors = []
-        if not self.ks or any(k < 1 for k in self.ks):
-            errors.append(f"k must be positive integers, got {self.ks}")
-        elif self.n_samples < max(self.ks):
-            errors.append(
-                f"pass@{max(self.ks)} needs n_samples >= {max(self.ks)} (got {self.n_samples}): "
-                "raise --n-samples or lower --k"
-            )
-        if self.n_samples > 1 and self.temperature == 0:
-            errors.append("n_samples > 1 with temperature 0 repeats one greedy sample; set it > 0")
-        for name in ("n_samples", "batch_size", "concurrency"):
-            if getattr(self, name) < 1:
-                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        try:
-            SamplingParams(self.max_new_tokens, self.temperature, self.top_p)
-        except ValueError as exc:
-            errors.append(str(exc))
-        if self.limit is not None and self.limit < 1:
-            errors.append(f"limit must be >= 1, got {self.limit}")
-        if not Path(self.data).is_file():
-            errors.append(f"data file not found: {self.data}")
-        if not Path(self.checkpoint).exists():
-            errors.append(f"checkpoint not found: {self.checkpoint}")
-        if errors:
-            raise UserError("evaluation config: " + "; ".join(errors))
+__all__ = ["DEFAULT_BINS", "DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
 
 
 @dataclass
@@ -84,13 +64,19 @@ class Problem:
         return self.record.problem_id
 
 
-def load_problems(path: str | Path, limit: int | None = None) -> tuple[list[Problem], int]:
+def load_problems(
+    path: str | Path,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+    stats: ReadStats | None = None,
+) -> tuple[list[Problem], int]:
     """Distinct problems of a split in file order (first record of each problem_id).
 
     Returns ``(problems with tests, number of problems skipped for having no tests)``.
+    Malformed lines raise UserError unless ``skip_invalid`` (then counted in ``stats``).
     """
     seen: dict[str, Problem] = {}
-    for rec in read_records(path):
+    for rec in read_records(path, skip_invalid, stats):
         pid = rec.problem_id
         kind = kind_of_tests(rec)
         if pid not in seen or (seen[pid].kind == "none" and kind != "none"):
@@ -164,8 +150,28 @@ def problem_row(
     }
 
 
-def sample_programs(cfg: EvalConfig, problems: list[Problem]) -> tuple[list[list[str]], dict]:
-    """Load the policy, sample ``n_samples`` programs per problem; returns programs + stats."""
+def prompt_budget(cfg: EvalConfig, model: Any) -> int:
+    """Longest prompt (tokens) that is generated from: ``max_prompt_tokens``, else the
+    model's context (params.json ``max_seq_len``, else DEFAULT_CONTEXT) minus
+    ``max_new_tokens``."""
+    if cfg.max_prompt_tokens is not None:
+        return cfg.max_prompt_tokens
+    context = int(model.args.extra.get("max_seq_len", DEFAULT_CONTEXT))
+    if context <= cfg.max_new_tokens:
+        raise UserError(
+            f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's "
+            f"context of {context} tokens: lower --max-new-tokens"
+        )
+    return context - cfg.max_new_tokens
+
+
+def sample_programs(
+    cfg: EvalConfig, problems: list[Problem]
+) -> tuple[list[list[str] | None], dict]:
+    """Load the policy, sample ``n_samples`` programs per problem; returns programs + stats.
+
+    A problem whose prompt is longer than :func:`prompt_budget` gets ``None`` (skipped).
+    """
     from weighted_mtp.data.collate import encode_prompt
     from weighted_mtp.evaluation.generate import generate_batched
     from weighted_mtp.training.checkpoint import load_policy
@@ -174,7 +180,18 @@ def sample_programs(cfg: EvalConfig, problems: list[Problem]) -> tuple[list[list
     device = resolve_device(cfg.device)
     model, tok = load_policy(cfg.checkpoint, device)
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    prompts = [encode_prompt(p.record, tok) for p in problems for _ in range(cfg.n_samples)]
+    budget = prompt_budget(cfg, model)
+    # A token spells at most `longest` characters (NFKC may merge a few; margin 4): longer
+    # texts cannot fit and are skipped without tokenizing (a 50 MB statement costs nothing).
+    longest = max(len(tok.id_to_piece(i)) for i in range(tok.vocab_size))
+    encoded = [
+        encode_prompt(p.record, tok)
+        if len(p.record.instruction) + len(p.record.input) <= 4 * longest * budget
+        else None
+        for p in problems
+    ]
+    kept = [i for i, ids in enumerate(encoded) if ids is not None and len(ids) <= budget]
+    prompts = [encoded[i] for i in kept for _ in range(cfg.n_samples)]
     seed_gen = torch.Generator().manual_seed(cfg.seed)
     top = torch.iinfo(torch.int64).max
     seeds = torch.randint(top, (len(prompts),), generator=seed_gen).tolist()
@@ -188,11 +205,14 @@ def sample_programs(cfg: EvalConfig, problems: list[Problem]) -> tuple[list[list
     texts = [tok.decode(o) for o in outs]
     n_tokens = sum(len(o) for o in outs)
     per = cfg.n_samples
-    grouped = [texts[i * per : (i + 1) * per] for i in range(len(problems))]
+    grouped: list[list[str] | None] = [None] * len(problems)
+    for j, i in enumerate(kept):
+        grouped[i] = texts[j * per : (j + 1) * per]
     stats = {
         "gen_tokens": n_tokens,
         "gen_seconds": seconds,
         "tokens_per_s": n_tokens / max(seconds, 1e-9),
+        "max_prompt_tokens": budget,
     }
     return grouped, stats
 
@@ -223,7 +243,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from weighted_mtp.training.tracking import create_tracker
 
     cfg.check()
-    problems, skipped = load_problems(cfg.data, cfg.limit)
+    require_isolation(cfg.isolation)  # exit 2 naming the cause; "none" prints a warning
+    read = ReadStats()
+    problems, skipped = load_problems(cfg.data, cfg.limit, cfg.skip_invalid, read)
+    if read.skipped:
+        log.warning("%d malformed lines of %s skipped (--skip-invalid)", read.skipped, cfg.data)
     if not problems:
         raise UserError(f"{cfg.data}: no problem has tests (metadata.tests or humaneval)")
     if skipped:
@@ -239,10 +263,22 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         }
     )
     with tracker:
-        programs, gen_stats = sample_programs(cfg, problems)
+        sampled, gen_stats = sample_programs(cfg, problems)
+        too_long = [p.problem_id for p, progs in zip(problems, sampled, strict=True) if not progs]
+        if too_long:
+            log.warning(
+                "%d problems skipped: prompt longer than %d tokens (max_prompt_tokens)",
+                len(too_long), gen_stats["max_prompt_tokens"],
+            )  # fmt: skip
+        kept = [(p, progs) for p, progs in zip(problems, sampled, strict=True) if progs]
+        if not kept:
+            raise UserError(
+                f"every prompt of {cfg.data} is longer than {gen_stats['max_prompt_tokens']} "
+                "tokens: raise --max-prompt-tokens (within the model's context)"
+            )
+        problems, programs = [p for p, _ in kept], [progs for _, progs in kept]
         t0 = time.perf_counter()
-        limits = Limits(timeout_s=cfg.timeout_s)
-        checks = score_all(problems, programs, limits, cfg.concurrency)
+        checks = score_all(problems, programs, cfg.limits(), cfg.concurrency)
         exec_seconds = time.perf_counter() - t0
         rows = [
             problem_row(p, progs, chk, cfg.ks)
@@ -255,6 +291,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         summary |= gen_stats | {
             "exec_seconds": exec_seconds,
             "skipped_no_tests": skipped,
+            "skipped_invalid_lines": read.skipped,
+            "skipped_long_prompt": len(too_long),
+            "skipped_long_prompt_ids": too_long,
+            "isolation": cfg.isolation,
             "n_samples": cfg.n_samples,
             "checkpoint": str(cfg.checkpoint),
             "data": str(cfg.data),

@@ -1,164 +1,46 @@
-"""Run untrusted generated Python programs in a constrained child process.
+"""Run untrusted generated Python programs, each in a fresh sandboxed process.
 
-Each program runs in a fresh ``python -s -B`` process (an ``-I`` equivalent: user site off,
-environment rebuilt from scratch, script directory dropped from ``sys.path``; plain ``-I``
-would ignore the ``PYTHONHASHSEED`` we set for reproducibility) with:
+Every run is one ``python -s -B`` process (an ``-I`` equivalent: user site off, environment
+rebuilt from scratch, script directory dropped from ``sys.path``; plain ``-I`` would ignore
+the ``PYTHONHASHSEED`` we set for reproducibility), in layers, outermost first:
 
-* a new session / process group; on exit or timeout the whole group and every process left in
-  the session is SIGKILLed (while the leader is still an unreaped zombie, so ids cannot be
-  reused), so background children and fork bombs do not outlive the run;
-* a wall-clock timeout and RLIMIT_CPU / RLIMIT_AS / RLIMIT_FSIZE / RLIMIT_NOFILE / RLIMIT_CORE;
-* a fresh temporary working directory (also HOME and TMPDIR), removed afterwards;
-* an environment built from scratch (minimal PATH, LANG, PYTHONHASHSEED...), so no AWS_*,
-  MLFLOW_*, tokens or other secrets of the evaluator are inherited;
-* stdin from the test input, stdout/stderr written to files and read back up to a size cap;
-* in-process guards installed before the user code (``Limits.guards``): process creation
-  (fork, exec*, spawn*, system, posix_spawn, subprocess, multiprocessing, pty), ctypes,
-  leaving the group (setsid/setpgid), signalling other processes, changing rlimits,
-  file mutation (open for writing, remove, rename, chmod, rmtree...) and chdir outside the
-  work dir, and reading other processes' /proc entries. A guard hit prints
-  ``sandbox: blocked ...`` and ends the program at once (status ``"blocked"``);
-* optionally (``Limits.run_as``, when the evaluator is root) an unprivileged uid, which makes
-  file permissions and RLIMIT_NPROC (counted per uid, ignored for root) real kernel limits.
+1. OS-level isolation (``Limits.isolation``, see ``isolation.py``): ``bwrap`` (default) runs
+   it in new PID/network/mount/IPC/UTS/user namespaces, on a minimal read-only root with one
+   private size-capped ``/work``, as an unprivileged uid; ``none`` is the explicit opt-out.
+2. rlimits set before the program starts: RLIMIT_CPU / AS / FSIZE / NOFILE / CORE, and
+   RLIMIT_NPROC (per sandbox under bwrap);
+3. a wall-clock timeout; at the end, whatever happened, every process of the program is
+   killed (the PID namespace under bwrap; the process group and session otherwise);
+4. the Python-level guard (``guard.py``, ``Limits.guards``), which turns the common escape
+   attempts into a clear ``blocked`` verdict.
 
-What it does NOT protect against: this is defence in depth for evaluating model outputs, not a
-security boundary like a container, VM or seccomp filter. The guards are Python-level and can
-be bypassed by determined code (e.g. recovering the original functions from closures, C
-extensions); without ``run_as`` the child has the evaluator's uid, so it can read files that
-uid can read and RLIMIT_NPROC is not enforced for root. There is no network isolation, no
-disk quota (only a per-file size cap), and a process that escapes via setsid from native code
-is not tracked. Run the evaluator itself in a container for real isolation.
+stdin comes from the test input, stdout/stderr go to host files read back up to a cap, the
+program's source arrives on an inherited file descriptor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
+
+from weighted_mtp.evaluation.isolation import ISOLATIONS, get_isolation
 
 T = TypeVar("T")
 STATUSES = ("ok", "error", "timeout", "memory", "blocked", "killed")
 VIOLATION_EXIT = 97  # exit code of a program stopped by a guard
 MEMORY_EXIT = 98  # exit code of a program that raised MemoryError
-
-# Executed in the child before the user code (in its own namespace; VIOLATION_EXIT is injected).
-GUARD_SOURCE = r"""
-import _io, _posixsubprocess, builtins, io, os, posix, resource, shutil, signal, sys
-_write, _exit, _readlink, _fspath = os.write, os._exit, os.readlink, os.fspath
-_realpath, _join, _abspath = os.path.realpath, os.path.join, os.path.abspath
-_work = _realpath(os.getcwd())
-_pid = str(os.getpid())
-_devices = ("/dev/null", "/dev/stdout", "/dev/stderr")
-_wflags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-def _deny(what):
-    _write(2, ("sandbox: blocked " + what + "\n").encode())
-    _exit(VIOLATION_EXIT)
-
-def _resolve(path, dir_fd=None):
-    path = _fspath(path)
-    if isinstance(path, bytes):
-        path = path.decode("utf-8", "surrogateescape")
-    if dir_fd is not None and not path.startswith("/"):
-        path = _join(_readlink("/proc/self/fd/%d" % dir_fd), path)
-    return path, _realpath(path)
-
-def _check(what, path, write, dir_fd=None):
-    if isinstance(path, int):
-        return
-    raw, real = _resolve(path, dir_fd)
-    parts = real.split("/")
-    if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != _pid:
-        _deny(what + " of another process: " + real)
-    inside = real == _work or real.startswith(_work + "/")
-    if write and not inside and _abspath(raw) not in _devices:
-        _deny(what + " outside the work dir: " + real)
-
-def _set(name, fn, mods=(os, posix)):
-    for mod in mods:
-        if hasattr(mod, name):
-            setattr(mod, name, fn)
-
-def _blocker(what):
-    return lambda *a, **k: _deny(what)
-
-def _path_guard(name, argnames):
-    orig = getattr(os, name)
-    def guarded(*args, **kw):
-        for i, arg in enumerate(argnames):
-            if arg is None:
-                continue
-            value = args[i] if i < len(args) else kw.get(arg)
-            if value is not None:
-                _check("os." + name, value, True, kw.get(arg + "_dir_fd", kw.get("dir_fd")))
-        return orig(*args, **kw)
-    return guarded
-
-def _is_write(mode):
-    return any(ch in str(mode) for ch in "wax+")
-
-_orig_open = builtins.open
-def _open(file, mode="r", *args, **kw):
-    _check("open", file, _is_write(mode))
-    return _orig_open(file, mode, *args, **kw)
-
-_orig_os_open = os.open
-def _os_open(path, flags, mode=0o777, *, dir_fd=None):
-    _check("os.open", path, bool(flags & _wflags), dir_fd)
-    return _orig_os_open(path, flags, mode, dir_fd=dir_fd)
-
-class _FileIO(_io.FileIO):
-    def __init__(self, file, mode="r", *args, **kw):
-        _check("FileIO", file, _is_write(mode))
-        super().__init__(file, mode, *args, **kw)
-
-_orig_kill = os.kill
-def _kill(pid, sig):
-    if str(pid) != _pid:
-        _deny("os.kill of another process")
-    return _orig_kill(pid, sig)
-
-_orig_rmtree = shutil.rmtree
-def _rmtree(path, *args, **kw):
-    _check("shutil.rmtree", path, True)
-    return _orig_rmtree(path, *args, **kw)
-
-for _name in ("fork forkpty system popen posix_spawn posix_spawnp setsid setpgid setpgrp "
-              "killpg pidfd_open chroot execv execve execl execle execlp execlpe execvp "
-              "execvpe spawnl spawnle spawnlp spawnlpe spawnv spawnve spawnvp spawnvpe").split():
-    _set(_name, _blocker("os." + _name))
-for _name, _args in [("remove", ["path"]), ("unlink", ["path"]), ("rmdir", ["path"]),
-                     ("mkdir", ["path"]), ("chdir", ["path"]), ("chmod", ["path"]),
-                     ("chown", ["path"]), ("lchown", ["path"]), ("truncate", ["path"]),
-                     ("utime", ["path"]), ("mkfifo", ["path"]), ("mknod", ["path"]),
-                     ("setxattr", ["path"]), ("removexattr", ["path"]),
-                     ("rename", ["src", "dst"]), ("replace", ["src", "dst"]),
-                     ("link", ["src", "dst"]), ("symlink", [None, "dst"])]:
-    if hasattr(os, _name):
-        _set(_name, _path_guard(_name, _args))
-_set("fchdir", _blocker("os.fchdir"))
-_set("open", _os_open)
-_set("kill", _kill)
-_set("open", _open, (builtins, io, _io))
-_set("FileIO", _FileIO, (io, _io))
-_set("rmtree", _rmtree, (shutil,))
-_set("fork_exec", _blocker("subprocess"), (_posixsubprocess,))
-_set("setrlimit", _blocker("resource.setrlimit"), (resource,))
-_set("prlimit", _blocker("resource.prlimit"), (resource,))
-_set("pidfd_send_signal", _blocker("signal.pidfd_send_signal"), (signal,))
-sys.modules["ctypes"] = sys.modules["_ctypes"] = None
-"""
+GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -171,17 +53,23 @@ class Limits:
     max_output_bytes: int = 1 << 20  # per stream; beyond it output is cut, truncated=True
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE (also bounds stdout/stderr files)
     max_open_files: int = 256  # RLIMIT_NOFILE
-    max_procs: int = 64  # RLIMIT_NPROC of the run_as uid (shared by concurrent runs)
+    max_procs: int = 64  # RLIMIT_NPROC: processes + threads of one run (bwrap only)
+    disk_mb: int = 64  # size of the private work dir (bwrap: a tmpfs; none: not enforced)
     guards: bool = True  # in-process guards; disable only for trusted code or tests
-    run_as: int | None = None  # uid (and gid) to run as; only used when the evaluator is root
-    python: str = sys.executable  # interpreter; must be executable by run_as if set
+    isolation: str = "bwrap"  # "bwrap" (OS-level) or "none" (see isolation.py)
+    python: str | None = None  # interpreter; None = the isolation's default
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "max_output_bytes", "max_file_bytes", "max_procs"):
+        names = ("timeout_s", "memory_mb", "max_output_bytes", "max_file_bytes", "max_procs")
+        for name in (*names, "max_open_files", "disk_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
         if self.cpu_s is not None and self.cpu_s < 1:
             raise ValueError(f"Limits.cpu_s must be >= 1 second, got {self.cpu_s!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(
+                f"Limits.isolation must be one of {ISOLATIONS}, got {self.isolation!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -236,22 +124,16 @@ import linecache
 linecache.cache["solution.py"] = (len(_src), None, _src.splitlines(True), "solution.py")
 _code = compile(_src, "solution.py", "exec")
 if _cfg["guards"]:
-    exec(_cfg["guard_source"], {"VIOLATION_EXIT": _cfg["violation_exit"]})
+    _guard = {"__name__": "sandbox_guard"}
+    exec(compile(_cfg["guard_source"], "<sandbox guard>", "exec"), _guard)
+    _guard["install"](_cfg["violation_exit"])
+    del _guard
 try:
     exec(_code, {"__name__": "__main__", "__file__": "solution.py", "__builtins__": __builtins__})
 except MemoryError:
     os.write(2, b"MemoryError\\n")
     os._exit(_cfg["memory_exit"])
 """
-
-
-def _env(work: str) -> dict[str, str]:
-    """Minimal environment built from scratch (nothing is copied from the evaluator)."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    env.update(HOME=work, TMPDIR=work, PYTHONHASHSEED="0", PYTHONIOENCODING="utf-8")
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
 
 
 def _rlimits(limits: Limits, nproc: bool) -> dict[str, tuple[int, int]]:
@@ -264,7 +146,7 @@ def _rlimits(limits: Limits, nproc: bool) -> dict[str, tuple[int, int]]:
         "RLIMIT_NOFILE": (limits.max_open_files, limits.max_open_files),
         "RLIMIT_CORE": (0, 0),
     }
-    if nproc:  # per-uid count: only meaningful for a dedicated uid
+    if nproc:  # counted per uid (per user namespace under bwrap); ignored for root
         out["RLIMIT_NPROC"] = (limits.max_procs, limits.max_procs)
     return out
 
@@ -280,36 +162,6 @@ def _wait_exit(pid: int, timeout: float) -> bool:
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 0.02)
     return True
-
-
-def session_members(sid: int) -> list[int]:
-    """Pids of live (non-zombie) processes whose session id is ``sid``, from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in "ZX" and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
-def _kill_session(leader: int) -> None:
-    """SIGKILL the leader's process group and everything still in its session."""
-    for _ in range(20):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(leader, signal.SIGKILL)
-        others = [p for p in session_members(leader) if p != leader]
-        if not others:
-            return
-        for pid in others:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
 
 
 def _remove_tree(path: str) -> None:
@@ -348,18 +200,16 @@ def _read_capped(path: str, cap: int) -> tuple[str, bool, bytes]:
 
 
 def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> ExecResult:
-    """Run ``source`` as ``__main__`` with ``stdin`` in a fresh sandboxed process."""
+    """Run ``source`` as ``__main__`` with ``stdin`` in a fresh sandboxed process.
+
+    Raises IsolationUnavailable (a UserError) when ``limits.isolation`` cannot work here.
+    """
     limits = limits or Limits()
-    drop = limits.run_as is not None and os.geteuid() == 0
+    iso = get_isolation(limits.isolation)
+    iso.ensure()
+    python = limits.python or iso.default_python()
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     try:
-        work = os.path.join(base, "work")
-        os.mkdir(work, 0o700)
-        os.chmod(base, 0o711)
-        user: dict[str, object] = {}
-        if drop:
-            os.chown(work, limits.run_as, limits.run_as)
-            user = {"user": limits.run_as, "group": limits.run_as, "extra_groups": []}
         files = {n: os.path.join(base, n) for n in ("stdin", "stdout", "stderr", "source")}
         with open(files["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
@@ -371,34 +221,37 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
             open(files["stderr"], "wb") as ferr,
             open(files["source"], "rb") as fsrc,
         ):
-            cfg = {
-                "fd": fsrc.fileno(),
-                "rlimits": _rlimits(limits, nproc=drop),
-                "guards": limits.guards,
-                "guard_source": GUARD_SOURCE,
-                "violation_exit": VIOLATION_EXIT,
-                "memory_exit": MEMORY_EXIT,
-            }
-            cmd = [limits.python, "-s", "-B", "-c", _BOOTSTRAP, json.dumps(cfg)]
+            cfg = {"fd": fsrc.fileno(), "guards": limits.guards, "guard_source": GUARD_SOURCE}
+            cfg |= {"violation_exit": VIOLATION_EXIT, "memory_exit": MEMORY_EXIT}
+            launch = iso.launch([python, "-s", "-B", "-c", _BOOTSTRAP], base, limits.disk_mb << 20)
+            cfg["rlimits"] = _rlimits(limits, launch.nproc)
+            user: dict[str, object] = {}
+            if launch.user is not None:
+                user = {"user": launch.user, "group": launch.user, "extra_groups": []}
             start = time.monotonic()
-            proc = subprocess.Popen(
-                cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=_env(work),
-                close_fds=True, pass_fds=(fsrc.fileno(),), start_new_session=True,
-                **user,
-            )  # fmt: skip
             try:
+                proc = subprocess.Popen(
+                    [*launch.argv, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr,
+                    cwd=launch.cwd, env=launch.env, close_fds=True,
+                    pass_fds=(fsrc.fileno(), *launch.pass_fds), start_new_session=True, **user,
+                )  # fmt: skip
+            except BaseException:
+                iso.abandon(launch)
+                raise
+            try:
+                iso.started(launch, proc)
                 timed_out = not _wait_exit(proc.pid, limits.timeout_s)
             finally:
-                _kill_session(proc.pid)  # leader not yet reaped: its ids cannot be reused
-                proc.wait()
+                iso.stop(launch, proc)
             wall = time.monotonic() - start
         cap = limits.max_output_bytes
         out, out_trunc, _ = _read_capped(files["stdout"], cap)
         err, err_trunc, err_tail = _read_capped(files["stderr"], cap)
     finally:
         _remove_tree(base)
-    status = _status(proc.returncode, timed_out, err_tail)
-    return ExecResult(status, out, err, proc.returncode, wall, out_trunc or err_trunc)
+    returncode = iso.exit_status(proc.returncode)
+    status = _status(returncode, timed_out, err_tail)
+    return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc)
 
 
 def normalize_output(text: str) -> str:

@@ -1,0 +1,4 @@
+# Allocate memory until something gives.
+chunks = []
+while True:
+    chunks.append(bytearray(50 << 20))
