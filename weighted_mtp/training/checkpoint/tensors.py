@@ -134,10 +134,9 @@ class PartReader:
         if isinstance(target, DTensor):
             chunk = target.__create_chunk_list__()[0]
             local = target.to_local()
+            self._check_shape(key, list(target.shape))
             if local.numel():
-                region = self._region(key, list(chunk.offsets), list(chunk.sizes))
-                self._check_shape(key, list(target.shape))
-                local.copy_(region)
+                local.copy_(self._region(key, list(chunk.offsets), list(chunk.sizes)))
             return target
         src = self.full(key)
         if tuple(src.shape) != tuple(target.shape):
@@ -148,6 +147,8 @@ class PartReader:
         return src
 
     def _check_shape(self, key: str, shape: list[int]) -> None:
+        if key not in self.where:
+            raise CheckpointError(f"{self.part} tensor {key} is not in the checkpoint")
         saved = self.where[key][0][1]
         if saved != shape:
             raise CheckpointError(
