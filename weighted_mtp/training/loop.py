@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
+from weighted_mtp.data.sampling import build_sampler
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import load_model
 from weighted_mtp.models.mtp import MTPTransformer
@@ -135,7 +135,7 @@ def _train(
 
     train_ds = ProcessedDataset(cfg.dataset.train)
     collator = Collator(tokenizer, cfg.dataset.max_length)
-    sampler = instantiate(
+    sampler = build_sampler(
         cfg.data_sampling,
         index=train_ds.index,
         n_epochs=t_cfg.n_epochs,
@@ -176,6 +176,8 @@ def _train(
         loss_scale = (
             scaler.scale(torch.ones((), device=device)).item() if scaler.is_enabled() else 1.0
         )
+        with autocast(device, amp):
+            task.begin_step(model, batches, info)  # step-wide weightings (Rho-1 scope=step)
         den = denominators(task, batches, model.n_future_tokens)
         den.mtp, den.value = (dist.all_reduce_sum(d, info) for d in (den.mtp, den.value))
         den = den.scaled(loss_scale)
