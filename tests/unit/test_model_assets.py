@@ -11,8 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.assets import (
+    ASSETS_RECIPE,
     MICRO_MTP_DIR,
     MICRO_REF_DIR,
+    assets_complete,
     build_micro_assets,
     default_corpus_files,
 )
@@ -187,3 +189,13 @@ def test_reference_cache_key_covers_precision_and_inputs(assets: Path, tmp_path:
         cache_key(*args[:4], 2.0, "float32", "cpu"),
     }
     assert base not in changed and len(changed) == 5
+
+
+def test_assets_of_an_older_recipe_are_rebuilt(tmp_path: Path):
+    build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=0)
+    info = tmp_path / MICRO_MTP_DIR / "assets.json"
+    assert assets_complete(tmp_path)
+    info.write_text(json.dumps({**json.loads(info.read_text()), "recipe": ASSETS_RECIPE - 1}))
+    assert not assets_complete(tmp_path)
+    build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=0)
+    assert json.loads(info.read_text())["recipe"] == ASSETS_RECIPE
