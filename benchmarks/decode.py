@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Meta's 7B MTP: 32 blocks, n_future_tokens 4 -> 28 trunk blocks + 4 one-block heads
-DEEP_PARAMS = dict(n_layers=32, n_future_tokens=4)
+# (width 64 here, so that CPU training stays short)
+DEEP_PARAMS = dict(dim=64, n_layers=32, n_future_tokens=4)
 
 
 def build_deep_policy(storage: Path, out: Path) -> Path:

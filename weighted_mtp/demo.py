@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 200)")
+    p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 1500)")
     p.add_argument(
         "--seeds",
         type=int,
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out or args.storage / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"demo: run dir {run_dir}", flush=True)
-    setup(args.storage)
+    pre = {"pretrain_steps": args.pretrain_steps, "pretrain_problems": args.pretrain_problems}
+    setup(args.storage, **{k: v for k, v in pre.items() if v is not None})
     print(f"setup done in {time.perf_counter() - t_start:.0f} s", flush=True)
     several = len(args.seeds) > 1
     reports = [

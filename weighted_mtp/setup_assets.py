@@ -14,15 +14,22 @@ import time
 from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
+PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
+PRETRAIN_STEPS = 200  # AdamW steps (batch 8 x 128 tokens) of each micro model on it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", type=Path, default=Path("storage"), help="storage root")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model init")
-
-
-PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
-PRETRAIN_STEPS = 400  # AdamW steps of each micro model on it
+    parser.add_argument(
+        "--pretrain-problems",
+        type=int,
+        default=PRETRAIN_PROBLEMS,
+        help="problems (in no split) whose correct solutions the micro models pretrain on",
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="pretraining steps per model"
+    )
 
 
 def setup(
@@ -54,7 +61,7 @@ def setup(
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    splits = setup(args.storage, args.seed)
+    splits = setup(args.storage, args.seed, args.pretrain_problems, args.pretrain_steps)
     for name, path in splits.items():
         print(f"  data {name}: {path}")
     models = args.storage / "models"

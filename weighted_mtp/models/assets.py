@@ -53,7 +53,7 @@ MICRO_REF_PARAMS: dict[str, Any] = {**MICRO_MTP_PARAMS, "n_layers": 4, "n_future
 MTP_FILES = ("params.json", "consolidated.pth", f"tokenizer/{TOKENIZER_FILE}")
 REF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json")
 MAX_CORPUS_CHARS = 4_000_000
-PRETRAIN_SEQ = 256  # tokens per window when pretraining on task records (~ one record)
+PRETRAIN_SEQ = 128  # tokens per window when pretraining on task records
 ASSETS_RECIPE = 2  # raised when what setup builds changes: older storages get rebuilt
 
 
