@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (policy stages)")
+    p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
     p.add_argument("--val-samples", type=int, default=64, help="validation records scored")
     p.add_argument("--evals-per-epoch", type=int, default=4, help="validation points per epoch")
     p.add_argument("--eval-samples", type=int, default=5, help="samples per test problem")
@@ -88,8 +89,7 @@ def stage_overrides(
         "checkpoint.save_total_limit=1",
         "runtime.device=cpu",
     ]
-    if not critic:
-        out.append(f"training.learning_rate={args.lr}")
+    out.append(f"training.learning_rate={args.critic_lr if critic else args.lr}")
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final.pt"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")
