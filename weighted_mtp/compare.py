@@ -30,7 +30,7 @@ import numpy as np
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation.bootstrap import Interval, intervals
 
-HELP = "compare stages over seeds: pass@k with bootstrap 95% intervals, paired to baseline"
+HELP = "compare stages over seeds: pass@k with 95-percent bootstrap intervals, paired to baseline"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
