@@ -144,8 +144,8 @@ def bench(ckpt: str, args: argparse.Namespace, label: str) -> None:
     ref, t_plain = _timed(plain, args.repeats)
     n_tok = sum(len(o) for o in ref)
     a = model.args
-    print(f"\n== {label}: {a.n_layers - a.n_future_tokens} trunk blocks + {a.n_future_tokens} ")
-    print(f"head blocks, dim {a.dim}; checkpoint: {ckpt}")
+    blocks = f"{a.n_layers - a.n_future_tokens} trunk + {a.n_future_tokens} head blocks"
+    print(f"\n== {label}: {blocks}, dim {a.dim}\ncheckpoint: {ckpt}")
     print(f"{len(prompts)} prompts, {n_tok} greedy tokens, batch 1,")
     print(f"{args.threads} thread(s), median of {args.repeats}\n")
     head = f"{'method':<22}{'tok/s':>9}{'speed-up':>10}{'accept':>9}{'tok/fwd':>9}{'same':>7}"
