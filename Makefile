@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install bwrap test test-slurm lint format setup demo bench-decode bench-sandbox seed-configs clean
+.PHONY: install bwrap test test-slurm lint format setup demo experiment bench-decode bench-sandbox seed-configs clean
 
 install: bwrap $(STAMP)
 
@@ -48,6 +48,13 @@ setup: $(STAMP)
 # setup + train critic -> verifiable, baseline, rho1 + pass@k on test.jsonl + table/plot
 demo: $(STAMP)
 	$(BIN)/python -m weighted_mtp.demo
+
+# 4 stages x 3 seeds on the embedded default, then `compare` (bootstrap 95% intervals);
+# EXPERIMENT_ARGS passes demo options, e.g. EXPERIMENT_ARGS="--epochs 1 --limit 30".
+EXPERIMENT ?= storage/experiment/$(shell date +%Y-%m-%d_%H-%M-%S)
+EXPERIMENT_ARGS ?=
+experiment: $(STAMP)
+	$(BIN)/python -m weighted_mtp.demo --seeds 0 1 2 --out $(EXPERIMENT) $(EXPERIMENT_ARGS)
 
 bench-decode: $(STAMP) ; $(BIN)/python benchmarks/decode.py
 

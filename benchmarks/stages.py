@@ -44,6 +44,7 @@ def time_steps(task: Task, model, batches: list[Batch], steps: int) -> list[floa
     for i in range(steps + 2):  # two warm-up steps
         b = batches[i % len(batches)]
         t0 = time.perf_counter()
+        task.begin_step(model, [b])  # Rho-1 (scope=step): its pre-pass is part of the cost
         den = denominators(task, [b], model.n_future_tokens)
         micro_step(task, model, b, den, backward=True)
         opt.step()

@@ -48,7 +48,7 @@ def micro_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from weighted_mtp.setup_assets import setup
 
     root = tmp_path_factory.mktemp("storage")
-    setup(root)
+    setup(root, pretrain_problems=200, pretrain_steps=40)  # tests need a model, not a good one
     return root
 
 

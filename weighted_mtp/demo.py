@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (policy stages)")
+    p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
     p.add_argument("--val-samples", type=int, default=64, help="validation records scored")
     p.add_argument("--evals-per-epoch", type=int, default=4, help="validation points per epoch")
     p.add_argument("--eval-samples", type=int, default=5, help="samples per test problem")
@@ -45,10 +46,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 200)")
+    p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 1500)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one run per seed (training, sampling and evaluation seeds); with several, each "
+        "goes to <run dir>/seed<S>/ and `compare` summarises them in <run dir>/compare/",
+    )
     return p.parse_args(argv)
 
 
-def stage_overrides(args: argparse.Namespace, stage: str, run_dir: Path) -> list[str]:
+def stage_overrides(
+    args: argparse.Namespace, stage: str, run_dir: Path, seed: int = 0
+) -> list[str]:
     """Hydra overrides of one stage: micro assets under --storage, demo training budget."""
     data = args.storage / "datasets" / "synthetic" / "processed"
     model = args.storage / "models" / "micro-mtp"
@@ -60,7 +73,9 @@ def stage_overrides(args: argparse.Namespace, stage: str, run_dir: Path) -> list
         f"models.policy.path={model}",
         f"models.policy.tokenizer_path={model / 'tokenizer'}",
         f"models.reference.path={args.storage / 'models' / 'micro-ref'}",
-        f"models.reference.cache_dir={run_dir / 'cache' / 'reference'}",
+        f"models.reference.cache_dir={args.storage / 'cache' / 'reference'}",
+        f"runtime.seed={seed}",
+        f"data_sampling.seed={seed}",
         f"dataset.train={data / 'train.jsonl'}",
         f"dataset.validation={data / 'valid.jsonl'}",
         f"data_sampling.n_samples={args.n_samples}",
@@ -74,20 +89,19 @@ def stage_overrides(args: argparse.Namespace, stage: str, run_dir: Path) -> list
         "checkpoint.save_total_limit=1",
         "runtime.device=cpu",
     ]
-    if not critic:
-        out.append(f"training.learning_rate={args.lr}")
+    out.append(f"training.learning_rate={args.critic_lr if critic else args.lr}")
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")
     return out
 
 
-def train_stage(args: argparse.Namespace, stage: str, run_dir: Path) -> dict[str, Any]:
+def train_stage(args: argparse.Namespace, stage: str, run_dir: Path, seed: int) -> dict[str, Any]:
     """Train one stage in-process; returns its metrics, history and wall time."""
     from weighted_mtp import app
     from weighted_mtp.config.loader import compose
 
-    cfg = compose(stage_overrides(args, stage, run_dir))
+    cfg = compose(stage_overrides(args, stage, run_dir, seed))
     t0 = time.perf_counter()
     result = app.run(cfg, source=f"demo:{stage}")
     result["train_seconds"] = time.perf_counter() - t0
@@ -95,7 +109,9 @@ def train_stage(args: argparse.Namespace, stage: str, run_dir: Path) -> dict[str
     return result
 
 
-def evaluate_stage(args: argparse.Namespace, stage: str, ckpt: str, run_dir: Path) -> dict:
+def evaluate_stage(
+    args: argparse.Namespace, stage: str, ckpt: str, run_dir: Path, seed: int
+) -> dict:
     """Greedy pass@1, and sampled pass@1 / pass@n, on the held-out split."""
     from weighted_mtp.evaluation.evaluate import EvalConfig, evaluate
 
@@ -105,7 +121,7 @@ def evaluate_stage(args: argparse.Namespace, stage: str, ckpt: str, run_dir: Pat
         data=str(args.storage / "datasets" / "synthetic" / "processed" / "test.jsonl"),
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
-        seed=0,
+        seed=seed,
     )
     greedy = evaluate(EvalConfig(out_dir=str(run_dir / "eval" / stage / "greedy"), **common))
     sampled = evaluate(
@@ -185,6 +201,43 @@ def plot(rows: list[dict[str, Any]], histories: dict[str, list[dict]], k: int, p
     plt.close(fig)
 
 
+def run_seed(args: argparse.Namespace, seed: int, run_dir: Path) -> str:
+    """Train and evaluate every stage with ``seed``; write results.* into ``run_dir``."""
+    t_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    k = args.eval_samples
+    rows, histories = [], {}
+    for stage in ORDER:
+        print(f"\n=== seed {seed} / {stage}: train ===", flush=True)
+        res = train_stage(args, stage, run_dir, seed)
+        histories[stage] = res.pop("history")
+        row = {"stage": stage, **res}
+        if stage in POLICY_STAGES:
+            print(f"=== seed {seed} / {stage}: evaluate on test.jsonl ===", flush=True)
+            row |= evaluate_stage(args, stage, res["checkpoint"], run_dir, seed)
+        rows.append(row)
+    md = table(rows, k)
+    wall = time.perf_counter() - t_start
+    note = (
+        f"\n\nHeld-out test.jsonl problems; greedy pass@1 from one greedy sample, pass@1 and "
+        f"pass@{k} from {k} samples per problem (temperature {args.temperature}, top-p "
+        f"{args.top_p}), unbiased estimator. Critic trains only the value head (its losses "
+        f"are value losses). Seed {seed}. Wall time {wall:.0f} s (setup not included).\n"
+    )
+    (run_dir / "results.md").write_text(md + note)
+    results = {
+        "seed": seed,
+        "wall_seconds": wall,
+        "stages": {r["stage"]: r for r in rows},
+        "rows": rows,
+        "histories": histories,
+        "args": vars(args),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, default=str))
+    plot(rows, histories, k, run_dir / "results.png")
+    return md + note + f"written: {run_dir}/results.md, results.json, results.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -196,32 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out or args.storage / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"demo: run dir {run_dir}", flush=True)
-    setup(args.storage)
-    k = args.eval_samples
-    rows, histories = [], {}
-    for stage in ORDER:
-        print(f"\n=== {stage}: train ===", flush=True)
-        res = train_stage(args, stage, run_dir)
-        histories[stage] = res.pop("history")
-        row = {"stage": stage, **res}
-        if stage in POLICY_STAGES:
-            print(f"=== {stage}: evaluate on test.jsonl ===", flush=True)
-            row |= evaluate_stage(args, stage, res["checkpoint"], run_dir)
-        rows.append(row)
-    md = table(rows, k)
-    wall = time.perf_counter() - t_start
-    note = (
-        f"\n\nHeld-out test.jsonl problems; greedy pass@1 from one greedy sample, pass@1 and "
-        f"pass@{k} from {k} samples per problem (temperature {args.temperature}, top-p "
-        f"{args.top_p}), unbiased estimator. Critic trains only the value head (its losses "
-        f"are value losses). Total wall time {wall:.0f} s.\n"
-    )
-    (run_dir / "results.md").write_text(md + note)
-    (run_dir / "results.json").write_text(
-        json.dumps({"rows": rows, "histories": histories, "args": vars(args)}, default=str)
-    )
-    plot(rows, histories, k, run_dir / "results.png")
-    print("\n" + md + note + f"written: {run_dir}/results.md, results.json, results.png")
+    pre = {"pretrain_steps": args.pretrain_steps, "pretrain_problems": args.pretrain_problems}
+    setup(args.storage, **{k: v for k, v in pre.items() if v is not None})
+    print(f"setup done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    several = len(args.seeds) > 1
+    reports = [
+        run_seed(args, seed, run_dir / f"seed{seed}" if several else run_dir) for seed in args.seeds
+    ]
+    print("\n" + "\n\n".join(reports))
+    if several:
+        from weighted_mtp import compare
+
+        compare.run(compare.parse([str(run_dir)]))
+    print(f"total wall time {time.perf_counter() - t_start:.0f} s (setup included)")
     return 0
 
 

@@ -14,26 +14,54 @@ import time
 from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
+PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
+PRETRAIN_STEPS = 200  # AdamW steps (batch 8 x 128 tokens) of each micro model on it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", type=Path, default=Path("storage"), help="storage root")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model init")
+    parser.add_argument(
+        "--pretrain-problems",
+        type=int,
+        default=PRETRAIN_PROBLEMS,
+        help="problems (in no split) whose correct solutions the micro models pretrain on",
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="pretraining steps per model"
+    )
 
 
-def setup(storage: Path, seed: int = 0) -> dict[str, Path]:
-    """Create every micro asset under ``storage``; returns the synthetic split files."""
-    from weighted_mtp.data.synthetic import write_synthetic
-    from weighted_mtp.models.assets import build_micro_assets
+def setup(
+    storage: Path,
+    seed: int = 0,
+    pretrain_problems: int = PRETRAIN_PROBLEMS,
+    pretrain_steps: int = PRETRAIN_STEPS,
+) -> dict[str, Path]:
+    """Create every micro asset under ``storage``; returns the synthetic split files.
+
+    The micro policy and reference pretrain on correct solutions of ``pretrain_problems``
+    synthetic problems that are in no split (``datasets/synthetic/pretrain.jsonl``)."""
+    from weighted_mtp.data.index import Index, JsonlWriter
+    from weighted_mtp.data.synthetic import pretrain_corpus, write_synthetic
+    from weighted_mtp.models.assets import assets_complete, build_micro_assets
 
     splits = write_synthetic(storage / "datasets" / "synthetic" / "processed", seed=seed)
-    build_micro_assets(storage, [splits["train"]], seed=seed)
+    if not assets_complete(storage):
+        used = {p for f in splits.values() for p in Index.for_jsonl(f).problems}
+        corpus = pretrain_corpus(pretrain_problems, seed, used)
+        with JsonlWriter(storage / "datasets" / "synthetic" / "pretrain.jsonl") as w:
+            for r in corpus:
+                w.write(r)
+        build_micro_assets(
+            storage, [splits["train"]], seed, pretrain_steps, pretrain_records=corpus
+        )
     return splits
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    splits = setup(args.storage, args.seed)
+    splits = setup(args.storage, args.seed, args.pretrain_problems, args.pretrain_steps)
     for name, path in splits.items():
         print(f"  data {name}: {path}")
     models = args.storage / "models"

@@ -96,3 +96,50 @@ def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
         "checkpoint_final",
     ]
     assert torch.is_tensor(b["modules"]["policy"]["output.weight"])
+
+
+def launch(cfg, tmp_path: Path, nproc: int = 1) -> dict:
+    """Train ``cfg`` in ``nproc`` processes (torchrun + gloo when > 1); the final checkpoint."""
+    f = tmp_path / f"{Path(cfg.checkpoint.save_dir).name}.yaml"
+    f.write_text(OmegaConf.to_yaml(cfg))
+    launcher = [sys.executable, "-m", "weighted_mtp"]
+    if nproc > 1:
+        torchrun = str(Path(sys.executable).with_name("torchrun"))
+        launcher = [torchrun, f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+        launcher += ["-m", "weighted_mtp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [*launcher, "train", "--config", str(f)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
+
+
+def test_rho1_step_scope_batch_equals_accumulation_equals_ranks(make_cfg, tmp_path: Path) -> None:
+    """Rho-1's default scope ranks every token of the optimizer step: one process with
+    batch 4, 2 micro-batches of 2, and 2 ranks of 2 keep the same tokens."""
+    common = [
+        "data_sampling.n_samples=8",
+        "training.learning_rate=1e-3",
+        "training.k_percent=0.3",
+        "training.eval_samples=4",
+    ]
+    runs = {
+        "batch": (["training.batch_size=4", "training.gradient_accumulation_steps=1"], 1),
+        "accum": (["training.batch_size=2", "training.gradient_accumulation_steps=2"], 1),
+        "ranks": (["training.batch_size=2", "training.gradient_accumulation_steps=1"], 2),
+    }
+    states = {}
+    for name, (extra, nproc) in runs.items():
+        cfg = make_cfg("rho1", *common, *extra, f"checkpoint.save_dir={tmp_path}/{name}")
+        states[name] = launch(cfg, tmp_path, nproc)
+    assert states["batch"]["step"] == states["accum"]["step"] == states["ranks"]["step"] == 2
+    ref = states["batch"]["modules"]["policy"]
+    for name in ("accum", "ranks"):
+        other = states[name]["modules"]["policy"]
+        worst = max((ref[k] - other[k]).abs().max().item() for k in ref)
+        assert worst < 1e-5, (name, worst)

@@ -123,7 +123,7 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
 def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     """critic (frozen sharded policy, replicated value head), verifiable (value head trained
     next to the sharded policy) and rho1 (reference scored up front, then released): 2
-    ranks under fsdp == 1 process (rho1: == 2 ranks under ddp); 5 validation records, so
+    ranks under fsdp == 1 process; 5 validation records, so
     one rank pads."""
     common = [
         "data_sampling.n_samples=8",
@@ -152,11 +152,9 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
         return {**state, "losses": losses(f"sqlite:///{tmp_path}/{name}.db")}
 
     critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final"
-    # rho1 keeps the top k% of each micro-batch's tokens: a batch of 4 sequences selects
-    # differently from two of 2, so its peer is ddp with the same 2 ranks
-    peers = {"critic": "critic", "verifiable": "verifiable", "rho1": "rho1-ddp"}
+    # rho1's default selection scope is the whole step over all ranks: 1 process is a peer
     for stage, extra in (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", [])):
-        a, b = run(stage, peers[stage], *extra), run(stage, f"{stage}-fsdp", *extra)
+        a, b = run(stage, stage, *extra), run(stage, f"{stage}-fsdp", *extra)
         assert a["step"] == b["step"] == 2, stage
         assert a["modules"].keys() == b["modules"].keys(), stage
         for name in a["modules"]:

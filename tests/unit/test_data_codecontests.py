@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 import sentencepiece as spm
 
 from weighted_mtp.data import prepare
-from weighted_mtp.data.codecontests import prepare_codecontests
+from weighted_mtp.data.codecontests import curriculum_difficulty, prepare_codecontests
 from weighted_mtp.data.collate import encode_record
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.index import Index
 from weighted_mtp.data.records import read_records
+from weighted_mtp.data.sampling import RecordSampler
 from weighted_mtp.errors import UserError
 
 TESTS = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
@@ -35,7 +37,7 @@ LONG = "x = 1\n" * 80
 
 
 def problem(name: str, correct: list[tuple[int, str]], incorrect: list[tuple[int, str]],
-            difficulty: int = 7, private: int = 0) -> dict:  # fmt: skip
+            difficulty: int = 7, private: int = 0, cf_rating: int = 800) -> dict:  # fmt: skip
     def sols(items: list[tuple[int, str]]) -> dict:
         return {"language": [lang for lang, _ in items], "solution": [s for _, s in items]}
 
@@ -47,7 +49,7 @@ def problem(name: str, correct: list[tuple[int, str]], incorrect: list[tuple[int
         "generated_tests": {"input": ["7\n"] * 50, "output": ["8\n"] * 50},
         "source": 2, "difficulty": difficulty, "solutions": sols(correct),
         "incorrect_solutions": sols(incorrect), "cf_contest_id": 1, "cf_index": "A",
-        "cf_points": 500.0, "cf_rating": 800, "cf_tags": ["math"],
+        "cf_points": 500.0, "cf_rating": cf_rating, "cf_tags": ["math"],
         "is_description_translated": False, "untranslated_description": "",
         "time_limit": {"seconds": 1, "nanos": 0}, "memory_limit_bytes": 256 << 20,
         "input_file": "", "output_file": "",
@@ -109,11 +111,12 @@ def test_prepare_filters_dedups_and_indexes(tmp_path: Path) -> None:
     r0 = recs[0]
     assert r0.instruction.startswith("Solve 1A") and r0.input.startswith("Example 1\nInput:\n1")
     assert "Example 2" in r0.input and "Example 3" not in r0.input
-    assert r0.metadata["difficulty"] == 7 and r0.metadata["cf_rating"] == 800
+    assert r0.metadata["cc_difficulty"] == 7 and r0.metadata["cf_rating"] == 800
+    assert r0.metadata["difficulty"] == 1  # rating 800: the bottom of the curriculum scale
     assert r0.metadata["origin"] == "codeforces" and len(r0.metadata["tests"]) == 3
     index = Index.for_jsonl(tmp_path / "out/train.jsonl")
     assert index.is_correct.tolist() == [r.is_correct for r in recs]
-    assert index.difficulty.tolist() == [7, 7, 7, 7, 2]
+    assert index.difficulty.tolist() == [1, 1, 1, 1, 1]
     assert [index.problems[p] for p in index.problem] == [r.problem_id for r in recs]
     ds = ProcessedDataset(tmp_path / "out/train.jsonl")
     assert [ds[i].to_dict() for i in np.arange(5)[::-1]] == [r.to_dict() for r in recs[::-1]]
@@ -161,3 +164,46 @@ def test_cli_prepare_codecontests_and_index(tmp_path: Path, capsys: pytest.Captu
     assert "indexed 5 records, skipped 1 malformed line(s)" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a directory"):
         prepare.run(parser.parse_args(["codecontests", "--raw", str(tmp_path / "nope")]))
+
+
+def test_curriculum_covers_every_codecontests_difficulty(tmp_path: Path, caplog) -> None:
+    """Raw difficulties 0 (unknown), 1-5 (labels), 6 (external), 7-29 (Codeforces letters),
+    with and without a Codeforces rating, all land in the default curriculum bins."""
+    raw = tmp_path / "raw"
+    (raw / "data").mkdir(parents=True)
+    rows = [
+        problem(f"{d}-{r}. P", [(3, f"print({d} + {r})")], [(3, "print(0)")], d, cf_rating=r)
+        for d in range(30)
+        for r in ((0, 1900) if d >= 7 else (0,))
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, SCHEMA), raw / "data/train-00000-of-00001.parquet")
+    prepare_codecontests(raw, tmp_path / "out", progress=False)
+    train = tmp_path / "out/train.jsonl"
+    recs = list(read_records(train))
+    got = {(r.metadata["cc_difficulty"], r.metadata["cf_rating"]): r.difficulty for r in recs}
+    assert got[(0, 0)] == got[(6, 0)] == 5  # unknown / external: medium
+    assert [got[(d, 0)] for d in range(1, 6)] == [2, 5, 8, 10, 11]  # EASY .. HARDEST
+    assert [got[(d, 0)] for d in (7, 8, 9, 13, 14, 29)] == [2, 3, 5, 10, 11, 11]  # A B C G H V
+    assert got[(7, 1900)] == got[(29, 1900)] == 5  # a rating decides: 1 + round(1100 / 270)
+    assert curriculum_difficulty(0, 800) == 1 and curriculum_difficulty(0, 3500) == 11
+    bins = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}  # conf/stage/verifiable.yaml
+    schedule = [{"epoch_range": [0.0, 1.0], "difficulty_weights": {"low": 0.3, "medium": 0.4,
+                                                                   "high": 0.3}}]  # fmt: skip
+    index = Index.for_jsonl(train)
+    args = dict(
+        n_samples=40, correct_ratio=0.5, balance_correct=True, curriculum_learning=True,
+        difficulty_bins=bins, curriculum_schedule=schedule, index=index, n_epochs=1,
+    )  # fmt: skip
+    sampler = RecordSampler(**args)
+    assert len(set(sampler.epoch_ids(0).tolist())) > 0
+    # the raw scale (what an older prepare wrote) leaves records outside every bin: exit 2
+    raw_rows = index.rows.copy()
+    raw_rows["difficulty"] = [r.metadata["cc_difficulty"] for r in recs]
+    raw_index = Index(raw_rows, index.problems, index.file_size)
+    with pytest.raises(UserError, match="allow_unbinned") as err:
+        RecordSampler(**{**args, "index": raw_index})
+    assert "outside every data_sampling.difficulty_bins" in str(err.value)
+    assert "0: 2" in str(err.value)  # difficulty 0: 2 records (correct + incorrect)
+    with caplog.at_level(logging.WARNING):
+        RecordSampler(**{**args, "index": raw_index, "allow_unbinned": True})
+    assert "never sampled" in caplog.text

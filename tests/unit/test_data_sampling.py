@@ -12,7 +12,12 @@ from omegaconf import OmegaConf
 
 from weighted_mtp.config.schema import DataSamplingConfig
 from weighted_mtp.data.index import ROW_DTYPE, Index
-from weighted_mtp.data.sampling import RecordSampler, apportion, validation_indices
+from weighted_mtp.data.sampling import (
+    RecordSampler,
+    apportion,
+    build_sampler,
+    validation_indices,
+)
 from weighted_mtp.errors import UserError
 
 BINS = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
@@ -200,3 +205,19 @@ def test_validation_indices() -> None:
     assert len(a) == 50 and index.is_correct[a].all() and (np.diff(a) > 0).all()
     assert a.tolist() == validation_indices(index, True, 50, 3).tolist()
     assert len(validation_indices(index, correct_only=False, n=None)) == len(index)
+
+
+def test_build_sampler_keeps_user_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A record outside every bin stops the run with a UserError (exit 2), not Hydra's
+    InstantiationException; data_sampling.allow_unbinned drops it with a warning."""
+    section = OmegaConf.to_container(OmegaConf.structured(DataSamplingConfig))
+    section.update(n_samples=300, curriculum_learning=True, curriculum_schedule=SCHEDULE)
+    index = make_index()
+    index.rows["difficulty"][:3] = [0, 12, 12]
+    with pytest.raises(UserError, match=r"3 of 2000 .*0: 1, 12: 2.*allow_unbinned"):
+        build_sampler(OmegaConf.create(section), index=index, n_epochs=1)
+    section["allow_unbinned"] = True
+    with caplog.at_level(logging.WARNING):
+        s = build_sampler(OmegaConf.create(section), index=index, n_epochs=1)
+    assert "never sampled" in caplog.text
+    assert not {0, 1, 2} & set(s.epoch_ids(0).tolist())

@@ -14,7 +14,14 @@ from weighted_mtp.data import prepare
 from weighted_mtp.data.humaneval import humaneval_records
 from weighted_mtp.data.index import Index
 from weighted_mtp.data.records import check_program, outputs_match, read_records, tests_of
-from weighted_mtp.data.synthetic import generate, mutants, split_targets, write_synthetic
+from weighted_mtp.data.synthetic import (
+    generate,
+    mutants,
+    pretrain_corpus,
+    split_targets,
+    write_synthetic,
+)
+from weighted_mtp.data.verify import passes, run_programs
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +109,29 @@ def test_humaneval_has_164_problems_with_tests() -> None:
     for r in recs[:2]:
         assert run(check_program(r, r.output), "") is not None
         assert run(check_program(r, "    return None\n"), "") is None
+
+
+def test_pretrain_corpus_is_disjoint_correct_and_runs(splits: dict) -> None:
+    used = {r.problem_id for recs in splits.values() for r in recs}
+    corpus = pretrain_corpus(60, seed=0, exclude=used)
+    ids = {r.problem_id for r in corpus}
+    assert len(ids) == 60 and not ids & used  # no split's problem is pretrained on
+    assert all(r.is_correct and r.metadata["split"] == "pretrain" for r in corpus)
+    assert pretrain_corpus(60, seed=0, exclude=used) == corpus  # deterministic
+    sample = corpus[:20]
+    shown = [_examples(r) for r in sample]
+    jobs = [(r.output, [t["input"] for t in ts]) for r, ts in zip(sample, shown, strict=True)]
+    for ts, o in zip(
+        shown, run_programs(jobs), strict=True
+    ):  # the examples are the programs' outputs
+        assert all(passes(o, [t["output"] for t in ts]))
+
+
+def _examples(r) -> list[dict[str, str]]:
+    """The examples shown in a record's input ("Example k\nInput:\n...\nOutput:\n...")."""
+    out = []
+    for block in r.input.split("Example ")[1:]:
+        _, rest = block.split("Input:\n", 1)
+        inp, outp = rest.split("Output:\n", 1)
+        out.append({"input": inp.rstrip("\n") + "\n", "output": outp.strip() + "\n"})
+    return out

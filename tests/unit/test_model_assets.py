@@ -11,8 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.assets import (
+    ASSETS_RECIPE,
     MICRO_MTP_DIR,
     MICRO_REF_DIR,
+    assets_complete,
     build_micro_assets,
     default_corpus_files,
 )
@@ -25,6 +27,7 @@ from weighted_mtp.models.formats import (
 from weighted_mtp.models.reference import load_reference, reference_token_ce
 from weighted_mtp.models.tokenizer import load_tokenizer
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
+from weighted_mtp.training.reference_cache import cache_key
 
 CODE = [
     "def add(a, b):\n    return a + b\n",
@@ -153,3 +156,46 @@ def test_reference_vocab_mismatch_is_clear(assets: Path, tmp_path: Path):
     m.save_pretrained(tmp_path / "bigger")
     with pytest.raises(UserError, match=f"has {tok.vocab_size}"):
         load_reference(tmp_path / "bigger", "float32", tok)
+
+
+def test_reference_ce_ignores_the_training_autocast(assets: Path):
+    """Scored inside a bf16 autocast (as in a mixed-precision micro-step), a float32
+    reference gives its float32 losses, not bf16-quantised ones."""
+    tok = load_tokenizer(assets / MICRO_MTP_DIR / "tokenizer")
+    ref = load_reference(assets / MICRO_REF_DIR, "float32", tok)
+    ids = torch.tensor([tok.encode(CODE[3], bos=True)])
+    mask = torch.ones_like(ids)
+    labels = ids.clone()
+    want = reference_token_ce(ref, ids, mask, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = reference_token_ce(ref, ids, mask, labels)
+        quantised = ref(input_ids=ids, attention_mask=mask).logits  # what autocast does
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max().item() <= 1e-6
+    assert quantised.dtype == torch.bfloat16  # the autocast was really on
+
+
+def test_reference_cache_key_covers_precision_and_inputs(assets: Path, tmp_path: Path):
+    data = _corpus(tmp_path)
+    tok_file = assets / MICRO_MTP_DIR / "tokenizer" / "tokenizer.model"
+    args = (assets / MICRO_REF_DIR, data, tok_file, 160, 1.0)
+    base = cache_key(*args, "float32", "cpu")
+    assert cache_key(*args, "float32", "cpu") == base
+    changed = {
+        cache_key(*args, "bfloat16", "cpu"),
+        cache_key(*args, "float16", "cpu"),
+        cache_key(*args, "float32", "cuda"),
+        cache_key(*args[:3], 128, 1.0, "float32", "cpu"),
+        cache_key(*args[:4], 2.0, "float32", "cpu"),
+    }
+    assert base not in changed and len(changed) == 5
+
+
+def test_assets_of_an_older_recipe_are_rebuilt(tmp_path: Path):
+    build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=0)
+    info = tmp_path / MICRO_MTP_DIR / "assets.json"
+    assert assets_complete(tmp_path)
+    info.write_text(json.dumps({**json.loads(info.read_text()), "recipe": ASSETS_RECIPE - 1}))
+    assert not assets_complete(tmp_path)
+    build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=0)
+    assert json.loads(info.read_text())["recipe"] == ASSETS_RECIPE

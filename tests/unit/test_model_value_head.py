@@ -59,3 +59,18 @@ def test_errors(tmp_path: Path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(UserError, match="not a value head"):
         load_value_head(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_values_are_float32_under_autocast(kind):
+    torch.manual_seed(0)
+    head = ValueHead(32, kind)
+    torch.nn.init.normal_(head.out_proj.weight)
+    hidden = torch.randn(2, 5, 32)
+    want = head(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(hidden.bfloat16())
+        got_fp32_in = head(hidden)
+    assert got.dtype == got_fp32_in.dtype == torch.float32
+    assert (got_fp32_in - want).abs().max().item() <= 1e-6
+    torch.testing.assert_close(got, head(hidden.bfloat16().float()))  # input rounding only

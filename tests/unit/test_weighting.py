@@ -13,8 +13,8 @@ from weighted_mtp.weighting import (
     UniformWeighting,
     WeightingInputs,
 )
-from weighted_mtp.weighting.base import token_to_head_weights
-from weighted_mtp.weighting.rho1 import top_excess_mask
+from weighted_mtp.weighting.base import StepInputs, token_to_head_weights
+from weighted_mtp.weighting.rho1 import head_excess, kept_count, top_mask
 from weighted_mtp.weighting.td import td_errors
 
 
@@ -81,19 +81,99 @@ def test_td_large_beta_gives_uniform() -> None:
     assert torch.allclose(w, inp.valid.float())
 
 
-def test_top_excess_mask_keeps_ceil_k_highest() -> None:
+def test_top_mask_keeps_the_highest_valid_entries() -> None:
     excess = torch.tensor([[5.0, 1.0, 3.0, 2.0, 9.0]])
     valid = torch.tensor([[True, True, True, True, False]])
-    keep = top_excess_mask(excess, valid, 0.5)
-    assert keep.tolist() == [[True, False, True, False, False]]
-    assert top_excess_mask(excess, valid, 1.0).tolist() == valid.tolist()
-    assert top_excess_mask(excess, valid, 0.1).sum() == 1
+    assert top_mask(excess, valid, 2).tolist() == [[True, False, True, False, False]]
+    assert top_mask(excess, valid, 4).tolist() == valid.tolist()
+    assert top_mask(excess, valid, 0).sum() == 0
+    ties = top_mask(torch.ones(1, 4), torch.ones(1, 4, dtype=torch.bool), 2)
+    assert ties.tolist() == [[True, True, False, False]]  # earlier entries win ties
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "kept"),
+    [
+        (100, 0.6, 60),
+        (50, 0.3, 15),
+        (10, 0.1, 1),
+        (10, 0.7, 7),
+        (3, 0.5, 2),
+        (7, 1.0, 7),
+        (0, 0.6, 0),
+        (1, 0.01, 1),
+        (1000, 0.001, 1),
+        (999, 0.333, 333),
+    ],
+)
+def test_kept_count_is_exact_ceil(n: int, k: float, kept: int) -> None:
+    assert kept_count(n, k) == kept
+    assert kept_count(torch.tensor(n), k) == kept
+
+
+def step_parts(seed: int, shapes: list[tuple[int, int]], n: int = 2) -> list[StepInputs]:
+    """Random micro-batches: response tokens after a 2-token prompt, varying lengths."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for b, s in shapes:
+        labels = torch.full((b, s), -100)
+        for r in range(b):
+            end = int(torch.randint(3, s + 1, (1,), generator=g))
+            labels[r, 2:end] = 5
+        targets = torch.full((b, s, n), -100)
+        for k in range(n):
+            targets[:, : s - k - 1, k] = labels[:, k + 1 :]
+        valid = targets != -100
+        inputs = WeightingInputs(
+            targets=targets,
+            response_mask=labels != -100,
+            reward=torch.ones(b),
+            ref_ce=torch.rand(b, s, generator=g) * (labels != -100),
+        )
+        parts.append(StepInputs(inputs, torch.rand(b, s, n, generator=g) * valid))
+    return parts
+
+
+def test_step_scope_keeps_ceil_k_of_the_whole_step_per_head() -> None:
+    parts = step_parts(0, [(2, 9), (3, 7), (1, 12)])
+    w = Rho1Weighting(k_percent=0.3).step_weights(parts)
+    for k in range(2):
+        n_valid = sum(int(p.inputs.valid[..., k].sum()) for p in parts)
+        assert sum(int(x[..., k].sum()) for x in w) == kept_count(n_valid, 0.3)
+        excess = torch.cat(
+            [head_excess(p.head_ce, p.inputs.ref_ce)[..., k].flatten() for p in parts]
+        )
+        kept = torch.cat([x[..., k].flatten() for x in w]).bool()
+        valid = torch.cat([p.inputs.valid[..., k].flatten() for p in parts])
+        assert not (kept & ~valid).any()
+        assert excess[kept].min() >= excess[valid & ~kept].max()  # the top ones, step-wide
+
+
+def test_step_scope_does_not_depend_on_how_the_step_is_split() -> None:
+    parts = step_parts(1, [(4, 10)])
+    whole = Rho1Weighting(k_percent=0.4).step_weights(parts)[0]
+    split = []
+    for r in range(4):
+        p = parts[0]
+        row = slice(r, r + 1)
+        inputs = WeightingInputs(
+            targets=p.inputs.targets[row],
+            response_mask=p.inputs.response_mask[row],
+            reward=p.inputs.reward[row],
+            ref_ce=p.inputs.ref_ce[row],
+        )
+        split.append(StepInputs(inputs, p.head_ce[row]))
+    assert torch.equal(torch.cat(Rho1Weighting(k_percent=0.4).step_weights(split)), whole)
+    # per micro-batch, each quarter keeps its own top 40%: a different set
+    per_micro = Rho1Weighting(k_percent=0.4, scope="micro_batch")
+    total = sum(per_micro.denominator(p.inputs.valid) for p in split)
+    assert total >= whole.sum()
 
 
 def test_rho1_uses_the_reference_ce_of_each_heads_target() -> None:
     ref = torch.tensor([[0.0, 0.0, 1.0, 5.0, 0.0, 0.0]])  # CE_ref of tokens at pos 2, 3, 4
     inp = make_inputs(ref_ce=ref)
-    weighting = Rho1Weighting(k_percent=0.33)
+    weighting = Rho1Weighting(k_percent=0.33, scope="micro_batch")
     fn = weighting.weights(inp)
     ce = torch.full((1, 6), 2.0)
     w0 = fn(0, ce)  # head 0 targets tokens at 2, 3, 4: excess 1, -3, 2 -> keep token 4
@@ -105,7 +185,7 @@ def test_rho1_uses_the_reference_ce_of_each_heads_target() -> None:
 
 def test_rho1_full_k_is_uniform() -> None:
     inp = make_inputs(ref_ce=torch.rand(1, 6))
-    weighting = Rho1Weighting(k_percent=1.0)
+    weighting = Rho1Weighting(k_percent=1.0, scope="micro_batch")
     fn = weighting.weights(inp)
     for k in range(2):
         assert torch.equal(fn(k, torch.rand(1, 6)), inp.valid[..., k].float())

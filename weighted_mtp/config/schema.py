@@ -90,6 +90,8 @@ class DataSamplingConfig:
         default_factory=lambda: {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
     )
     curriculum_schedule: list[CurriculumPhase] = field(default_factory=list)
+    # drop records outside every bin (with a warning) instead of failing with exit 2
+    allow_unbinned: bool = False
 
 
 @dataclass
@@ -119,6 +121,7 @@ class TrainingConfig:
     # rho1
     temperature: float | None = None
     k_percent: float | None = None
+    selection_scope: str | None = None  # step (all micro-batches, all ranks) | micro_batch
 
 
 @dataclass

@@ -26,6 +26,7 @@ LR_SCHEDULERS = ("cosine", "linear", "constant")
 AMP_DTYPES = ("bfloat16", "float16")
 VALUE_HEADS = ("linear", "mlp")
 PARALLELISMS = ("ddp", "fsdp")
+RHO1_SCOPES = ("step", "micro_batch")
 REQUIRED = (
     "experiment.name",
     "experiment.stage",
@@ -214,6 +215,8 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("models.policy.dtype", DTYPES)
     c.choice("models.reference.dtype", DTYPES)
     c.choice("training.loss_type", LOSS_TYPES)
+    if c.get("training.selection_scope") is not None:
+        c.choice("training.selection_scope", RHO1_SCOPES)
     c.choice("training.lr_scheduler", LR_SCHEDULERS)
     c.choice("runtime.amp_dtype", AMP_DTYPES)
     c.choice("models.value_head.type", VALUE_HEADS)
@@ -255,7 +258,12 @@ _STAGE_REQUIRED = {
         "training.weight_clip_max",
         "experiment.critic_checkpoint",
     ),
-    "rho1": ("models.reference.path", "training.temperature", "training.k_percent"),
+    "rho1": (
+        "models.reference.path",
+        "training.temperature",
+        "training.k_percent",
+        "training.selection_scope",
+    ),
     "critic": ("training.loss_type",),
 }
 

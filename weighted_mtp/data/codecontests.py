@@ -11,7 +11,10 @@ Streams each shard in small pyarrow batches (only the needed columns; the huge
   ``label_conflict``;
 - with a tokenizer and ``max_length``, records longer than ``max_length`` tokens (the
   collate template, BOS and EOS included) are dropped as ``too_long``;
-- ``metadata.tests``: the public tests; in valid/test also the private tests.
+- ``metadata.tests``: the public tests; in valid/test also the private tests;
+- ``metadata.difficulty``: the curriculum's 1..11 scale (:func:`curriculum_difficulty`),
+  so every record lands in one of the default ``data_sampling.difficulty_bins``;
+  ``metadata.cc_difficulty`` keeps CodeContests' raw value.
 
 Counts per reason are returned and printed per split.
 """
@@ -46,6 +49,34 @@ PLATFORMS = {
     6: "atcoder",
     7: "aizu",
 }
+# The curriculum's difficulty scale is 1..11 (easy..hardest); data_sampling.difficulty_bins
+# default to low 1-3, medium 4-7, high 8-11. CodeContests' raw ``difficulty`` is an enum:
+# 0 unknown, 1-5 EASY/MEDIUM/HARD/HARDER/HARDEST (CodeChef, AtCoder, ... labels),
+# 6 EXTERNAL, 7-29 the Codeforces problem letter A..V. ``curriculum_difficulty`` maps it.
+CURRICULUM_SCALE = (1, 11)
+LABELED_LEVEL = {1: 2, 2: 5, 3: 8, 4: 10, 5: 11}  # EASY .. HARDEST
+LETTER_LEVEL = (2, 3, 5, 7, 8, 9, 10)  # Codeforces A..G; H..V (14-29) -> 11
+UNKNOWN_LEVEL = 5  # 0 unknown, 6 external: the middle of the scale (medium bin)
+CF_RATING_MIN, CF_RATING_STEP = 800, 270  # 800 -> 1, 3500 -> 11
+
+
+def curriculum_difficulty(difficulty: int, cf_rating: int = 0) -> int:
+    """CodeContests' difficulty (and Codeforces rating) on the curriculum's 1..11 scale.
+
+    A Codeforces rating, when present, decides: 1 + round((rating - 800) / 270), clipped
+    to 1..11. Otherwise EASY 2, MEDIUM 5, HARD 8, HARDER 10, HARDEST 11; Codeforces letters
+    A 2, B 3, C 5, D 7, E 8, F 9, G 10, H-V 11; unknown (0) and external (6) 5.
+    """
+    lo, hi = CURRICULUM_SCALE
+    if cf_rating > 0:
+        return min(hi, max(lo, 1 + round((cf_rating - CF_RATING_MIN) / CF_RATING_STEP)))
+    if difficulty in LABELED_LEVEL:
+        return LABELED_LEVEL[difficulty]
+    if 7 <= difficulty <= 29:
+        return LETTER_LEVEL[difficulty - 7] if difficulty - 7 < len(LETTER_LEVEL) else hi
+    return UNKNOWN_LEVEL
+
+
 COLUMNS = [
     "name",
     "description",
@@ -109,7 +140,10 @@ class _Converter:
         meta = {
             "source": "codecontests",
             "origin": PLATFORMS.get(row["source"] or 0, "unknown"),
-            "difficulty": int(row["difficulty"] or 0),
+            "difficulty": curriculum_difficulty(
+                int(row["difficulty"] or 0), int(row["cf_rating"] or 0)
+            ),
+            "cc_difficulty": int(row["difficulty"] or 0),  # the raw enum, kept
             "problem_id": row["name"],
             "cf_rating": int(row["cf_rating"] or 0),
             "cf_tags": list(row["cf_tags"] or []),

@@ -99,6 +99,7 @@ class RecordSampler:
         curriculum_learning: bool = False,
         difficulty_bins: Mapping[str, Sequence[int]] | None = None,
         curriculum_schedule: Sequence[Mapping[str, Any]] | None = None,
+        allow_unbinned: bool = False,
         *,
         index: Index,
         n_epochs: float,
@@ -131,7 +132,7 @@ class RecordSampler:
                 )
             ).encode()
         ).hexdigest()[:16]
-        self.bin_names, bin_of = self._bin_records(index, bins)
+        self.bin_names, bin_of = self._bin_records(index, bins, allow_unbinned)
         self.cell_names, self._pools = self._make_cells(
             index, bin_of, correct_ratio, balance_correct
         )
@@ -142,7 +143,9 @@ class RecordSampler:
         self._cache: tuple[int, np.ndarray] | None = None
 
     # --- plan ------------------------------------------------------------------------
-    def _bin_records(self, index: Index, bins: dict) -> tuple[list[str], np.ndarray]:
+    def _bin_records(
+        self, index: Index, bins: dict, allow_unbinned: bool
+    ) -> tuple[list[str], np.ndarray]:
         if not bins:
             return ["all"], np.zeros(len(index), dtype=np.int64)
         names = list(bins)
@@ -151,9 +154,24 @@ class RecordSampler:
         for b, name in reversed(list(enumerate(names))):  # first matching bin wins
             lo, hi = bins[name]
             bin_of[(diff >= lo) & (diff <= hi)] = b
-        outside = int((bin_of < 0).sum())
-        if outside:
-            log.info("%d records have a difficulty outside every bin; never sampled", outside)
+        outside = bin_of < 0
+        if outside.any():
+            values, counts = np.unique(diff[outside], return_counts=True)
+            pairs = zip(values.tolist(), counts.tolist(), strict=True)
+            seen = ", ".join(f"{v}: {c}" for v, c in pairs)
+            what = (
+                f"{int(outside.sum())} of {len(index)} training records have a difficulty "
+                f"outside every data_sampling.difficulty_bins {bins} (difficulty: records "
+                f"{seen})"
+            )
+            if not allow_unbinned:
+                raise UserError(
+                    f"{what}: the curriculum would never sample them. Cover them with a "
+                    "bin, re-run `prepare codecontests` (it maps CodeContests' difficulty "
+                    "onto the 1..11 curriculum scale), or set "
+                    "data_sampling.allow_unbinned=true to drop them knowingly"
+                )
+            log.warning("%s: never sampled (data_sampling.allow_unbinned=true)", what)
         return names, bin_of
 
     def _make_cells(
@@ -357,3 +375,17 @@ def validation_indices(
         return pool
     rng = np.random.default_rng([seed, 7])
     return np.sort(rng.choice(pool, size=n, replace=False))
+
+
+def build_sampler(node: Any, **runtime: Any) -> RecordSampler:
+    """``instantiate(cfg.data_sampling, **runtime)``; a :class:`UserError` raised by the
+    sampler stays a UserError (Hydra would wrap it into an InstantiationException)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise

@@ -211,6 +211,35 @@ def generate(n_records: int, seed: int = 0, isolation: str = "bwrap") -> dict[st
     return splits
 
 
+def pretrain_corpus(n_problems: int, seed: int, exclude: set[str]) -> list[Record]:
+    """Correct solutions of ``n_problems`` new problems (none in ``exclude``): the micro
+    models' pretraining corpus, drawn from the task distribution but disjoint from every
+    split. The programs are the families' reference solutions (the ones whose tests pass
+    by construction and are verified for every split above); they are not executed again."""
+    rng = Random(seed + 10_000)
+    out = []
+    for p in _make_problems(rng, n_problems, set(exclude)):
+        tests = [{"input": i, "output": p.solve(i) + "\n"} for i in p.inputs[:N_EXAMPLES]]
+        for i, sol in enumerate(p.solutions):
+            out.append(
+                Record(
+                    instruction=p.statement,
+                    input=format_examples(tests),
+                    output=sol,
+                    task_id=f"{p.problem_id}/pretrain/{i}",
+                    is_correct=True,
+                    metadata={
+                        "source": "synthetic",
+                        "difficulty": p.difficulty,
+                        "problem_id": p.problem_id,
+                        "family": p.family,
+                        "split": "pretrain",
+                    },
+                )
+            )
+    return out
+
+
 def write_synthetic(
     out_dir: Path, n_records: int = 3600, seed: int = 0, isolation: str = "bwrap"
 ) -> dict[str, Path]:

@@ -53,6 +53,8 @@ MICRO_REF_PARAMS: dict[str, Any] = {**MICRO_MTP_PARAMS, "n_layers": 4, "n_future
 MTP_FILES = ("params.json", "consolidated.pth", f"tokenizer/{TOKENIZER_FILE}")
 REF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json")
 MAX_CORPUS_CHARS = 4_000_000
+PRETRAIN_SEQ = 128  # tokens per window when pretraining on task records
+ASSETS_RECIPE = 2  # raised when what setup builds changes: older storages get rebuilt
 
 
 def _strings(obj: Any) -> Iterator[str]:
@@ -151,21 +153,48 @@ def _new_model(params: dict[str, Any], vocab_size: int, seed: int) -> MTPTransfo
 
 
 def assets_complete(storage_root: str | Path) -> bool:
+    """Every file present, built by this recipe (older assets are rebuilt)."""
     root = Path(storage_root)
+    info = root / MICRO_MTP_DIR / "assets.json"
+    if not info.is_file() or json.loads(info.read_text()).get("recipe") != ASSETS_RECIPE:
+        return False
     return all((root / MICRO_MTP_DIR / f).is_file() for f in MTP_FILES) and all(
         (root / MICRO_REF_DIR / f).is_file() for f in REF_FILES
     )
 
 
+def task_stream(records: list[Any], tok: Tokenizer) -> torch.Tensor:
+    """Records in the training template (BOS prompt response EOS), concatenated."""
+    from weighted_mtp.data.collate import format_prompt
+
+    ids: list[int] = []
+    for r in records:
+        ids += tok.encode(format_prompt(r.instruction, r.input) + r.output, bos=True, eos=True)
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def build_micro_assets(
-    storage_root: Path, corpus_files: list[Path], seed: int = 0, pretrain_steps: int = 40
+    storage_root: Path,
+    corpus_files: list[Path],
+    seed: int = 0,
+    pretrain_steps: int = 40,
+    pretrain_records: list[Any] | None = None,
 ) -> None:
-    """Build the micro tokenizer, policy and reference under ``storage_root/models``."""
+    """Build the micro tokenizer, policy and reference under ``storage_root/models``.
+
+    ``pretrain_records`` (correct solutions of the task distribution, disjoint from the
+    training data): both models pretrain on them in the training template, windows of
+    ``PRETRAIN_SEQ`` tokens — the policy as the paper's policy has seen code of the task,
+    the Rho-1 reference as a model trained on high-quality correct solutions. Without
+    them, both pretrain on the text of ``corpus_files``.
+    """
     root = Path(storage_root)
     if assets_complete(root):
         return
     (root / "models").mkdir(parents=True, exist_ok=True)
     docs = corpus_documents(list(corpus_files) or default_corpus_files())
+    if pretrain_records:
+        docs += [r.instruction + "\n" + r.input + "\n" + r.output for r in pretrain_records]
     with tempfile.TemporaryDirectory(dir=root / "models", prefix=".micro-build-") as tmp:
         t = Path(tmp)
         mtp_dir, ref_dir = t / "micro-mtp", t / "micro-ref"
@@ -173,23 +202,29 @@ def build_micro_assets(
         tok_file = mtp_dir / "tokenizer" / TOKENIZER_FILE
         train_tokenizer(docs, tok_file)
         tok = Tokenizer(tok_file)
-        stream = [i for d in docs for i in tok.encode(d, bos=True, eos=True)]
-        tokens = torch.tensor(stream, dtype=torch.long)
+        seq = 64
+        if pretrain_records:
+            tokens, seq = task_stream(pretrain_records, tok), PRETRAIN_SEQ
+        else:
+            stream = [i for d in docs for i in tok.encode(d, bos=True, eos=True)]
+            tokens = torch.tensor(stream, dtype=torch.long)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             policy = _new_model(MICRO_MTP_PARAMS, tok.vocab_size, seed)
             ref = _new_model(MICRO_REF_PARAMS, tok.vocab_size, seed + 1)
             if pretrain_steps > 0:
-                pretrain(policy, tokens, pretrain_steps, seed)
-                pretrain(ref, tokens, pretrain_steps, seed + 1)
+                pretrain(policy, tokens, pretrain_steps, seed, seq=seq)
+                pretrain(ref, tokens, pretrain_steps, seed + 1, seq=seq)
         save_meta_dir(policy, mtp_dir)
         export_hf_state_dict(ref.state_dict(), ref.args, ref_dir, tokenizer_file=tok_file)
         info = {
+            "recipe": ASSETS_RECIPE,
             "seed": seed,
             "vocab_size": tok.vocab_size,
             "pretrain_steps": pretrain_steps,
             "corpus_files": len(corpus_files),
             "corpus_documents": len(docs),
+            "pretrain_records": len(pretrain_records or []),
         }
         (mtp_dir / "assets.json").write_text(json.dumps(info, indent=2) + "\n")
         for src, rel in ((mtp_dir, MICRO_MTP_DIR), (ref_dir, MICRO_REF_DIR)):

@@ -96,11 +96,18 @@ def reference_token_ce(
     """Per-token next-token CE [B,S] fp32 of the reference, aligned with head 1's targets.
 
     ``temperature`` divides the logits first (CE of softmax(logits / T)); Rho-1 uses it.
+    The reference runs in its own dtype (``models.reference.dtype``), outside any autocast
+    of the caller (the training's mixed precision does not reach it); logits and CE in fp32.
 
     Position t scores token labels[t+1] (= ``mtp_targets(labels, n)[..., 0]``); positions
     whose target is -100 (prompt, padding, the last one) are 0. The vocabulary projection
     runs in chunks of ``chunk_size`` valid tokens.
     """
+    with torch.autocast(input_ids.device.type, enabled=False):
+        return _token_ce(model, input_ids, attention_mask, labels, chunk_size, temperature)
+
+
+def _token_ce(model, input_ids, attention_mask, labels, chunk_size, temperature) -> Tensor:
     base = getattr(model, model.base_model_prefix)
     hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     head = model.get_output_embeddings()

@@ -2,7 +2,8 @@
 
 The trunk output is the un-normalised residual stream, so the head starts with its own
 RMSNorm; then ``linear`` (one projection) or ``mlp`` (D -> hidden -> 1, SiLU). It keeps
-fp32 parameters whatever the policy's dtype (it is tiny) and returns fp32 values.
+fp32 parameters whatever the policy's dtype (it is tiny) and computes and returns fp32
+values, also inside the training's autocast.
 
 Saved on its own as one ``.safetensors`` file whose metadata holds its config, so the
 critic stage can hand it to the verifiable stage (``experiment.critic_checkpoint``).
@@ -51,8 +52,9 @@ class ValueHead(nn.Module):
         return {"dim": self.dim, "type": self.type, "hidden_dim": self.hidden_dim}
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """hidden [B,S,D] (any dtype) -> values [B,S] fp32."""
-        return self.net(self.norm(hidden.float())).squeeze(-1)
+        """hidden [B,S,D] (any dtype) -> values [B,S] fp32, also under autocast."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.net(self.norm(hidden.float())).squeeze(-1)
 
 
 def save_value_head(head: ValueHead, path: str | Path) -> Path:

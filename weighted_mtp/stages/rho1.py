@@ -5,8 +5,9 @@ scores each training record once; its per-token losses are cached on disk under
 ``models.reference.cache_dir`` (see :mod:`weighted_mtp.training.reference_cache`) and
 reused by later epochs and runs. Before the first step each rank scores the records it will
 train on (its share) and releases the reference, so it never sits in memory during
-training. The weighting (``weighting._target_``, Rho1Weighting)
-keeps the top ``training.k_percent`` of each head's tokens by excess loss.
+training. The weighting (``weighting._target_``, Rho1Weighting) keeps the top
+``training.k_percent`` of each head's tokens by excess loss, over the whole optimizer step
+or per micro-batch (``training.selection_scope``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
         cfg.dataset.max_length,
         temperature,
         ref_cfg.dtype,
+        torch.device(device).type,
     )
     cache = ReferenceLossCache(
         partial(token_ce, reference, temperature),

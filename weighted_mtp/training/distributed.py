@@ -93,6 +93,20 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def all_gather_rows(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's ``t`` ([rows, ...], row counts may differ), in rank order."""
+    if not info.enabled:
+        return [t]
+    counts = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(info.world_size)]
+    dist.all_gather(counts, torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device))
+    n = [int(c) for c in counts]
+    padded = t.new_zeros((max(n), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(out, padded)
+    return [o[:k] for o, k in zip(out, n, strict=True)]
+
+
 def sum_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
     """Sum ``.grad`` over ranks in flat buckets: one reduction pass per optimizer step."""
     if not info.enabled:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
+from weighted_mtp.data.sampling import build_sampler
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
@@ -130,7 +130,7 @@ def _train(
 
     train_ds = ProcessedDataset(cfg.dataset.train)
     collator = Collator(tokenizer, cfg.dataset.max_length)
-    sampler = instantiate(
+    sampler = build_sampler(
         cfg.data_sampling,
         index=train_ds.index,
         n_epochs=t_cfg.n_epochs,

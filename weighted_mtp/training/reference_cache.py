@@ -2,9 +2,12 @@
 
 The cache lives in ``<cache_dir>/<key>/`` where ``key`` hashes everything the losses
 depend on: the reference model (its config and a fingerprint of each weight file: name,
-size, sha256 of the first and last MiB) and its dtype, the training data (size, head/tail sha256 and
-the sha256 of its line index), ``dataset.max_length``, the tokenizer file and the
-temperature. Any change gives a new key, so stale losses are never reused. Each rank
+size, sha256 of the first and last MiB), the precision it scores in (its dtype; scoring
+runs outside the training's autocast, see :func:`reference_token_ce`) and the device type
+it runs on, the training data (size, head/tail sha256 and the sha256 of its line index),
+``dataset.max_length``, the tokenizer file, the temperature, and the version of the
+scoring code (:data:`SCORING_VERSION`, raised whenever the numbers it produces change).
+Any change gives a new key, so stale losses are never reused. Each rank
 appends to its own pair of files (``ce-rank{r}.bin`` float32 values, ``ce-rank{r}.idx``
 (record id, offset, length) int64 rows); a record whose losses are missing is computed
 by one reference forward over just the missing rows of the batch. ``precompute`` scores
@@ -26,6 +29,9 @@ from weighted_mtp.data.collate import Batch
 from weighted_mtp.data.index import index_path
 
 _MIB = 1 << 20
+# 2: the reference scores in its own dtype outside the caller's autocast (version 1 ran
+# under the training's bf16 autocast, so its "float32" losses were bf16-quantised)
+SCORING_VERSION = 2
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -45,11 +51,18 @@ def cache_key(
     max_length: int,
     temperature: float,
     dtype: str = "float32",
+    device_type: str = "cpu",
 ) -> str:
-    """sha256 over the reference model and its dtype, the data, the tokenizer,
-    max_length and T."""
+    """sha256 over the reference model, its dtype and device type, the data, the
+    tokenizer, max_length, T and the scoring version."""
     ref = Path(reference_dir)
-    parts = [f"max_length={max_length}", f"temperature={temperature!r}", f"dtype={dtype}"]
+    parts = [
+        f"scoring={SCORING_VERSION}",
+        f"max_length={max_length}",
+        f"temperature={temperature!r}",
+        f"dtype={dtype}",
+        f"device={device_type}",
+    ]
     files = sorted(p for p in ref.iterdir() if p.is_file()) if ref.is_dir() else [ref]
     parts += [_file_fingerprint(p) for p in files]
     train = Path(train_file)

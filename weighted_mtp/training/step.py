@@ -55,7 +55,8 @@ def optimizer_step(
     (enabled for float16 only); ``max_grad_norm``; ``device``; ``amp`` - the autocast
     dtype or None.
 
-    Does: token-exact denominators over every micro-batch and rank (one all-reduce), the
+    Does: the task's step-wide pass (:meth:`Task.begin_step`: Rho-1's top-k over the
+    whole step), token-exact denominators over every micro-batch and rank (one all-reduce), the
     forward/backward of each micro-batch under autocast, the global loss totals (one
     all-reduce), the gradient reduction, unscale, clip, ``optimizer.step``, scaler update
     and ``zero_grad``. Raises :class:`TrainingDiverged` (before any update) when the loss
@@ -66,6 +67,10 @@ def optimizer_step(
     # fp16: the grad scaler's factor goes into the denominators, since the MTP loss runs
     # its own backward head by head; reported losses are unscaled again.
     loss_scale = scaler.scale(torch.ones((), device=device)).item() if scaler.is_enabled() else 1.0
+    # step-wide weightings (Rho-1, selection_scope=step): one no-grad pass over every
+    # micro-batch first; forward-only, so every unit is resharded afterwards
+    with parallel.validation(model), autocast(device, amp):
+        task.begin_step(model, batches, info)
     den = denominators(task, batches, model.n_future_tokens)
     den.mtp, den.value = (dist.all_reduce_sum(d, info) for d in (den.mtp, den.value))
     den = den.scaled(loss_scale)

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from weighted_mtp.data.collate import Batch
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
 from weighted_mtp.training.value import value_loss, value_mask, value_targets
-from weighted_mtp.weighting.base import Weighting, WeightingInputs
+from weighted_mtp.weighting.base import StepInputs, Weighting, WeightingInputs
 
 # batch -> reference per-token CE [B, S] (CE of the token at each position; 0 elsewhere)
 ReferenceCE = Callable[[Batch], Tensor]
@@ -42,6 +43,41 @@ class Task:
     # (rho1: the reference scores them into its cache, then is released)
     prepare: Callable[[Iterable[Batch]], None] | None = None
     provenance: dict[str, str] = field(default_factory=dict)
+    # weights of this optimizer step's micro-batches (``begin_step``), keyed by id(batch)
+    step_weights: dict[int, Tensor] = field(default_factory=dict, repr=False)
+
+    def begin_step(
+        self, model: MTPTransformer, batches: list[Batch], info: DistInfo | None = None
+    ) -> None:
+        """Once per optimizer step, before :func:`denominators` and the micro-steps (under
+        the step's autocast): a weighting with ``needs_step_pass`` sees the policy's
+        per-token CE of every micro-batch (one no-grad forward each) and fixes the
+        weights of the whole step (e.g. Rho-1's step-wide top-k, all ranks together)."""
+        self.step_weights = {}
+        w = self.weighting
+        if w is None or not w.needs_step_pass:
+            return
+        n = model.n_future_tokens
+        parts = []
+        with torch.no_grad():
+            for b in batches:
+                targets = mtp_targets(b.labels, n)
+                h = model.trunk(b.input_ids, b.attention_mask)
+                ce = mtp_loss(
+                    model, h, b.attention_mask, targets, backward=False, return_token_ce=True
+                ).token_ce
+                parts.append(StepInputs(self._inputs(b, targets, None), ce))
+        for b, weights in zip(batches, w.step_weights(parts, info), strict=True):
+            self.step_weights[id(b)] = weights
+
+    def _inputs(self, batch: Batch, targets: Tensor, values: Tensor | None) -> WeightingInputs:
+        return WeightingInputs(
+            targets=targets,
+            response_mask=batch.response_mask,
+            reward=batch.reward,
+            values=values,
+            ref_ce=self.reference(batch) if self.reference is not None else None,
+        )
 
     def check_inputs(self) -> None:
         """The weighting's declared inputs exist (a UserError names the mismatch)."""
@@ -84,7 +120,9 @@ def denominators(task: Task, batches: list[Batch], n_heads: int) -> Denominators
     mtp = torch.zeros((), dtype=torch.float64)
     val = torch.zeros((), dtype=torch.float64)
     for b in batches:
-        if task.weighting is not None:
+        if id(b) in task.step_weights:
+            mtp += task.step_weights[id(b)].sum().double().cpu()
+        elif task.weighting is not None:
             valid = mtp_targets(b.labels, n_heads) != -100
             mtp += task.weighting.denominator(valid).double().cpu()
         if task.value_head is not None:
@@ -126,19 +164,21 @@ def micro_step(
         out["values"] = values.detach()
     total = sum((e.detach() for e in extra), torch.zeros((), device=h.device))
     if task.weighting is not None:
-        inputs = WeightingInputs(
-            targets=targets,
-            response_mask=batch.response_mask,
-            reward=batch.reward,
-            values=None if values is None else values.detach(),
-            ref_ce=task.reference(batch) if task.reference is not None else None,
-        )
+        weights = task.step_weights.get(id(batch))
+        if weights is None and task.weighting.needs_step_pass:
+            raise RuntimeError(
+                f"{type(task.weighting).__name__} ranks the whole optimizer step: call "
+                "task.begin_step(model, batches) before the step's micro-steps"
+            )
+        if weights is None:
+            v = None if values is None else values.detach()
+            weights = task.weighting.weights(task._inputs(batch, targets, v))
         res = mtp_loss(
             model,
             h,
             batch.attention_mask,
             targets,
-            task.weighting.weights(inputs),
+            weights,
             denominator=den.mtp.to(h.device),
             chunk_size=task.chunk_size,
             backward=backward and task.train_policy,

@@ -4,7 +4,7 @@ Every weighting turns a batch (plus the value head's V(s_t) or the reference mod
 per-token losses, when it asks for them) into per-head per-token weights ``[B, S, n]``.
 """
 
-from weighted_mtp.weighting.base import HeadWeightFn, Weighting, WeightingInputs
+from weighted_mtp.weighting.base import HeadWeightFn, StepInputs, Weighting, WeightingInputs
 from weighted_mtp.weighting.rho1 import Rho1Weighting
 from weighted_mtp.weighting.td import TDErrorWeighting
 from weighted_mtp.weighting.uniform import UniformWeighting
@@ -12,6 +12,7 @@ from weighted_mtp.weighting.uniform import UniformWeighting
 __all__ = [
     "HeadWeightFn",
     "Rho1Weighting",
+    "StepInputs",
     "TDErrorWeighting",
     "UniformWeighting",
     "Weighting",

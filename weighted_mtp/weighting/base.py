@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from weighted_mtp.training.distributed import DistInfo
+
 # (head index k, detached per-token CE of head k [B, S]) -> weights of head k [B, S]
 HeadWeightFn = Callable[[int, Tensor], Tensor]
 
@@ -46,11 +48,30 @@ class WeightingInputs:
         return self.targets != -100
 
 
+@dataclass
+class StepInputs:
+    """One micro-batch of an optimizer step, for weightings that rank the whole step.
+
+    inputs: the micro-batch's :class:`WeightingInputs`.
+    head_ce: [B, S, n] the policy's detached per-token CE of each head (0 at invalid
+        targets), from a no-grad forward with the step's parameters and precision.
+    """
+
+    inputs: WeightingInputs
+    head_ce: Tensor
+
+
 class Weighting:
-    """Base class: uniform denominator, no extra inputs, no statistics."""
+    """Base class: uniform denominator, no extra inputs, no statistics.
+
+    ``needs_step_pass = True``: the weights of a micro-batch depend on the whole optimizer
+    step; the loop then calls :meth:`step_weights` once per step, before any backward, and
+    uses its weights (and their sum as the denominator) instead of :meth:`weights`.
+    """
 
     needs_values: bool = False
     needs_reference: bool = False
+    needs_step_pass: bool = False
 
     def weights(self, inputs: WeightingInputs) -> Tensor | HeadWeightFn:
         """Per-head per-token weights [B, S, n] (constant w.r.t. gradients), or a
@@ -60,6 +81,11 @@ class Weighting:
     def denominator(self, valid: Tensor) -> Tensor:
         """What the loss averages over, given the valid-target mask [B, S, n]."""
         return valid.sum()
+
+    def step_weights(self, parts: list[StepInputs], info: DistInfo | None = None) -> list[Tensor]:
+        """Weights [B, S, n] of every micro-batch of this rank's optimizer step (only for
+        ``needs_step_pass``); ``info`` names the ranks that share the step."""
+        raise NotImplementedError
 
     def stats(self) -> dict[str, float]:
         """Statistics of the last call, for logging (``weight/...``)."""

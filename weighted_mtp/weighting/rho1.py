@@ -1,10 +1,22 @@
 """Rho-1 weighting (Lin et al. 2024): train only on the tokens the policy has most to learn.
 
 Excess loss of head k for target token j: ``CE_policy_k(j) - CE_ref(j)``, where CE_ref
-is the frozen reference model's next-token loss of token j. For each head, the top
-``k_percent`` of that head's valid targets in the micro-batch (highest excess loss
-first; ``ceil(k_percent * n_valid)`` tokens) get weight 1, the rest 0, and the loss
-averages CE over the kept tokens only (``denominator``).
+is the frozen reference model's next-token loss of token j. For each head, the
+``kept_count(n_valid, k_percent) = ceil(k_percent * n_valid)`` valid targets with the
+highest excess loss get weight 1, the rest 0, and the loss averages CE over the kept
+tokens only.
+
+``scope`` says which tokens compete for the top ``k_percent``:
+
+- ``step`` (default, the paper's rule: top-k% of the tokens of a training batch): all
+  tokens of the optimizer step, i.e. every micro-batch of every rank. The loop calls
+  :meth:`Rho1Weighting.step_weights` once per step, before the backward passes, with the
+  policy's per-token CE of every micro-batch (one extra no-grad forward each); the excess
+  losses are gathered over ranks and ranked together, so one process with batch N x b,
+  N accumulated micro-batches of b and N ranks of b keep exactly the same tokens. Ties are
+  broken by position in the step (rank, micro-batch, row, position).
+- ``micro_batch``: each micro-batch (on each rank) ranks its own tokens, during its own
+  forward; no extra forward, but the kept set then depends on how the step is split.
 
 ``temperature`` T scales the reference's logits before its CE is taken:
 ``CE_ref(j) = -log softmax(ref_logits / T)[x_j]``. T = 1 is Rho-1's rule; T > 1 flattens
@@ -15,40 +27,61 @@ computed with T applied and cached per T.
 
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import torch
 from torch import Tensor
 
-from weighted_mtp.weighting.base import HeadWeightFn, Weighting, WeightingInputs
+from weighted_mtp.config.validate import RHO1_SCOPES as SCOPES
+from weighted_mtp.training import distributed as dist
+from weighted_mtp.weighting.base import HeadWeightFn, StepInputs, Weighting, WeightingInputs
 
 
-def kept_count(n_valid: Tensor, k_percent: float) -> Tensor:
-    """How many of ``n_valid`` targets Rho-1 keeps: ceil(k_percent * n_valid)."""
-    return torch.ceil(n_valid.float() * k_percent - 1e-9).long()
+def kept_count(n_valid: int | Tensor, k_percent: float) -> int:
+    """How many of ``n_valid`` targets Rho-1 keeps: ceil(k_percent * n_valid), exactly.
+
+    ``k_percent`` is read as the decimal it was written as (0.6 is 3/5, not the binary
+    float just below it), and the product is rounded up in integer arithmetic.
+    """
+    k = Fraction(repr(float(k_percent)))
+    n = int(n_valid)
+    return -((-n * k.numerator) // k.denominator)
 
 
-def top_excess_mask(excess: Tensor, valid: Tensor, k_percent: float) -> Tensor:
-    """Boolean mask [B, S] of the ceil(k * n_valid) valid entries with the highest excess."""
-    n_keep = int(kept_count(valid.sum(), k_percent).item())
-    excess = excess.float()
-    scores = torch.where(valid, excess, torch.full_like(excess, -math.inf))
-    keep = torch.zeros_like(valid)
-    if n_keep > 0:
-        idx = torch.topk(scores.flatten(), n_keep).indices
-        keep.view(-1)[idx] = True
-    return keep & valid
+def top_mask(scores: Tensor, valid: Tensor, n_keep: int) -> Tensor:
+    """Boolean mask (shape of ``scores``) of the ``n_keep`` valid entries with the highest
+    score; ties go to the earlier entry in row-major order."""
+    flat = torch.where(valid, scores.float(), -torch.inf)
+    order = torch.sort(flat.flatten(), descending=True, stable=True).indices[:n_keep]
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
+    keep[order] = True
+    return keep.view_as(valid) & valid
+
+
+def head_excess(head_ce: Tensor, ref_ce: Tensor) -> Tensor:
+    """Excess loss [B, S, n]: head k's CE of the token it predicts at t (t + k + 1) minus the
+    reference's CE of that token (``ref_ce`` [B, S] is the CE of the token *at* each
+    position)."""
+    s, n = head_ce.shape[1], head_ce.shape[2]
+    ref = torch.zeros_like(head_ce, dtype=torch.float32)
+    for k in range(n):
+        ref[:, : s - k - 1, k] = ref_ce[:, k + 1 :].float()
+    return head_ce.float() - ref
 
 
 class Rho1Weighting(Weighting):
     needs_reference = True
 
-    def __init__(self, k_percent: float, temperature: float = 1.0) -> None:
+    def __init__(self, k_percent: float, temperature: float = 1.0, scope: str = "step") -> None:
         if not 0 < k_percent <= 1 or temperature <= 0:
             raise ValueError("Rho1Weighting needs 0 < k_percent <= 1 and temperature > 0")
-        self.k_percent, self.temperature = k_percent, temperature
+        if scope not in SCOPES:
+            raise ValueError(f"Rho1Weighting scope {scope!r}: use one of {SCOPES}")
+        self.k_percent, self.temperature, self.scope = k_percent, temperature, scope
+        self.needs_step_pass = scope == "step"
         self._stats: dict[str, float] = {}
 
+    # -- scope = micro_batch: rank inside each micro-batch, head by head -----------------
     def weights(self, inputs: WeightingInputs) -> HeadWeightFn:
         assert inputs.ref_ce is not None, "Rho1Weighting needs the reference's per-token CE"
         ref_ce, valid = inputs.ref_ce.float(), inputs.valid
@@ -59,7 +92,8 @@ class Rho1Weighting(Weighting):
             ref_k = torch.zeros_like(ref_ce)
             ref_k[:, : s - k - 1] = ref_ce[:, k + 1 :]  # CE_ref of the token head k predicts
             excess = ce.float() - ref_k
-            keep = top_excess_mask(excess, valid[..., k], self.k_percent)
+            n_keep = kept_count(valid[..., k].sum(), self.k_percent)
+            keep = top_mask(excess, valid[..., k], n_keep)
             if keep.any():
                 self._stats[f"rho1/excess_kept_mean_head{k}"] = excess[keep].mean().item()
             return keep.to(ce.dtype)
@@ -67,7 +101,44 @@ class Rho1Weighting(Weighting):
         return head_weights
 
     def denominator(self, valid: Tensor) -> Tensor:
-        return sum(kept_count(valid[..., k].sum(), self.k_percent) for k in range(valid.shape[-1]))
+        return torch.tensor(
+            sum(kept_count(valid[..., k].sum(), self.k_percent) for k in range(valid.shape[-1]))
+        )
+
+    # -- scope = step: rank all tokens of the optimizer step (all micro-batches, ranks) ---
+    def step_weights(
+        self, parts: list[StepInputs], info: dist.DistInfo | None = None
+    ) -> list[Tensor]:
+        """Keep masks [B, S, n] (float) of every micro-batch of this rank's step."""
+        info = info or dist.DistInfo()
+        excess, valid = [], []
+        for p in parts:
+            assert p.inputs.ref_ce is not None, "Rho1Weighting needs the reference's CE"
+            excess.append(head_excess(p.head_ce, p.inputs.ref_ce).flatten(0, 1))
+            valid.append(p.inputs.valid.flatten(0, 1))
+        all_e, all_v = torch.cat(excess), torch.cat(valid)  # [B*S summed, n]
+        rows = all_v.any(dim=1)  # only positions with a target travel
+        mine = torch.where(all_v[rows], all_e[rows], torch.nan)  # [M, n]
+        gathered = dist.all_gather_rows(mine, info)  # rank order, the same on every rank
+        everything = torch.cat(gathered)
+        offset = sum(g.shape[0] for g in gathered[: info.rank])
+        keep_rows = torch.zeros(mine.shape, dtype=torch.bool, device=mine.device)
+        self._stats = {}
+        for k in range(mine.shape[1]):
+            col = everything[:, k]
+            ok = ~col.isnan()
+            kept = top_mask(torch.nan_to_num(col), ok, kept_count(ok.sum(), self.k_percent))
+            keep_rows[:, k] = kept[offset : offset + mine.shape[0]]
+            if kept.any():
+                self._stats[f"rho1/excess_kept_mean_head{k}"] = col[kept].mean().item()
+        keep = torch.zeros_like(all_v)
+        keep[rows] = keep_rows
+        out, start = [], 0
+        for p in parts:
+            b, s, n = p.inputs.valid.shape
+            out.append(keep[start : start + b * s].view(b, s, n).float())
+            start += b * s
+        return out
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)
