@@ -3,7 +3,7 @@
 Commands:
   train            --config FILE [--override key=value ...]   run the config's stage
   validate-config  --config FILE [--override key=value ...]   check a config, print a summary
-  setup / prepare / export / evaluate                         see ``--help`` of each
+  setup / prepare / export / evaluate / plan                  see ``--help`` of each
 
 Each command other than train / validate-config lives in its own module (``COMMANDS``),
 which exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -65,6 +65,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "weighted_mtp.data.prepare",
     "export": "weighted_mtp.models.export",
     "evaluate": "weighted_mtp.evaluation.cli",
+    "plan": "weighted_mtp.plan.command",
 }
 
 

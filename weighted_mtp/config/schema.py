@@ -139,6 +139,9 @@ class RuntimeConfig:
     amp_dtype: str = "bfloat16"  # bfloat16 (autocast) | float16 (autocast + grad scaler)
     # data parallelism under torchrun/Slurm: ddp (a replica per rank) | fsdp (FSDP2 shards)
     distributed: str = "ddp"
+    # memory of one GPU in GB: when set, validation plans the run (weighted_mtp.plan, fake
+    # tensors) and fails if it would not fit; None = not checked
+    gpu_memory_gb: float | None = None
 
 
 @dataclass

@@ -20,14 +20,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from weighted_mtp.data.collate import Batch
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh
-from weighted_mtp.plan.tracker import peak, tracker_for
+from weighted_mtp.plan.tracker import flop_counter, peak, tracker_for
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training import fsdp
 from weighted_mtp.training.distributed import DistInfo
@@ -172,7 +171,7 @@ def _simulate(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    flops = FlopCounterMode(display=False)
+    flops = flop_counter()
     with tracker:
         for _ in range(STEPS - 1):
             one_step()

@@ -13,14 +13,17 @@ run with the very tracker the plan uses (``benchmarks/memory.py``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPModMemStats
 from torch.distributed._tools.mem_tracker import MemTracker, _ModMemStats, _RefType
+from torch.distributed._tools.mod_tracker import ModTracker
 from torch.distributed.fsdp import FSDPModule
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 TOTAL = "Total"
@@ -32,6 +35,27 @@ class _Extra(_RefType):
 
 
 _ACTIVATION_KINDS = {"Activation", "Temp"}
+
+
+class _ForwardModTracker(ModTracker):
+    """ModTracker without its backward hooks.
+
+    ModTracker registers multi-grad hooks on every module's inputs and outputs to follow
+    backward; a hook that never completes (a module called head by head, a checkpointed
+    block recomputed in backward) keeps its tensors and gradients alive, so a long step
+    under the tracker would hold memory the real run frees. The plan reads per-device
+    totals only, so module entry/exit in forward (and torch's own backward flag) suffice.
+    """
+
+    def _fw_pre_hook(self, mod: nn.Module, input: Any) -> None:  # noqa: A002
+        self._get_append_fn(weakref.ref(mod), self._get_mod_name(mod), False)()
+        if self._user_pre_fw_hook is not None:
+            self._user_pre_fw_hook(mod, input)
+
+    def _fw_post_hook(self, mod: nn.Module, input: Any, output: Any) -> None:  # noqa: A002
+        if self._user_post_fw_hook is not None:
+            self._user_post_fw_hook(mod, input, output)
+        self._get_pop_fn(weakref.ref(mod), self._get_mod_name(mod), False)()
 
 
 class _ModuleStats(WeakIdKeyDictionary):
@@ -95,6 +119,7 @@ class PlainTracker(_Classify, MemTracker):
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
         self.vocab_size, self.comm_bytes = vocab_size, {}
+        self._mod_tracker = _ForwardModTracker()
         self.memory_tracking = _ModuleStats(self, _ModMemStats)
         self._ref_class = [*self._ref_class, *_Extra]  # type: ignore[assignment]
 
@@ -103,8 +128,16 @@ class ShardedTracker(_Classify, FSDPMemTracker):
     def __init__(self, vocab_size: int, model: nn.Module, optimizer: Any) -> None:
         super().__init__(model, optimizer)
         self.vocab_size, self.comm_bytes = vocab_size, {}
+        self._mod_tracker = _ForwardModTracker()
         self.memory_tracking = _ModuleStats(self, _FSDPModMemStats)
         self._ref_class = [*self._ref_class, *_Extra]  # type: ignore[assignment]
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, with the forward-only module tracker (see above)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _ForwardModTracker()
+    return counter
 
 
 def tracker_for(
