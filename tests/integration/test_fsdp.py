@@ -1,8 +1,9 @@
 """runtime.distributed=fsdp: 2 gloo processes on CPU (FSDP2) == 1 process; resume; one
-reduce-scatter per unit per optimizer step; the final checkpoint loads in one process.
+reduce-scatter per unit per micro-batch, the same collectives on every rank; the final
+checkpoint loads in one process.
 
 Run as a script (``torchrun ... test_fsdp.py OUT``) this module is the worker of
-``test_one_reduce_scatter_per_step``.
+``test_reduce_scatter_per_micro_batch``.
 """
 
 from __future__ import annotations
@@ -115,22 +116,79 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
     assert losses(f"sqlite:///{tmp_path}/resumed.db") == lb[2:]
 
 
-def test_one_reduce_scatter_per_step(tmp_path: Path) -> None:
+def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
+    """critic (frozen sharded policy, replicated value head), verifiable (value head trained
+    next to the sharded policy) and rho1 (reference scored up front, then released): 2
+    ranks under fsdp == 1 process (rho1: == 2 ranks under ddp); 5 validation records, so
+    one rank pads."""
+    common = [
+        "data_sampling.n_samples=8",
+        "training.learning_rate=1e-2",
+        "training.eval_samples=5",
+        "mlflow.experiment=dist",
+    ]
+
+    def run(stage: str, name: str, *extra: str) -> dict:
+        launcher = [sys.executable]
+        size = ["training.batch_size=4"]
+        if name.endswith(("fsdp", "ddp")):
+            launcher = [*TORCHRUN, f"--master_port={free_port()}"]
+            size = ["training.batch_size=2", f"runtime.distributed={name.rsplit('-')[-1]}"]
+        cfg = make_cfg(
+            stage,
+            *common,
+            *size,
+            f"checkpoint.save_dir={tmp_path}/{name}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/{name}.db",
+            f"models.reference.cache_dir={tmp_path}/{name}-cache",
+            *extra,
+        )
+        _train(cfg, launcher, tmp_path, name)
+        final = tmp_path / name / "checkpoint_final"
+        state = ckpt.load(final if final.is_dir() else final.with_suffix(".pt"))
+        return {**state, "losses": losses(f"sqlite:///{tmp_path}/{name}.db")}
+
+    critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final.pt"
+    # rho1 keeps the top k% of each micro-batch's tokens: a batch of 4 sequences selects
+    # differently from two of 2, so its peer is ddp with the same 2 ranks
+    peers = {"critic": "critic", "verifiable": "verifiable", "rho1": "rho1-ddp"}
+    for stage, extra in (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", [])):
+        a, b = run(stage, peers[stage], *extra), run(stage, f"{stage}-fsdp", *extra)
+        assert a["step"] == b["step"] == 2, stage
+        assert a["modules"].keys() == b["modules"].keys(), stage
+        for name in a["modules"]:
+            diff = _max_diff(a["modules"][name], b["modules"][name])
+            print(f"{stage} {name}: max |weight diff| {diff:.2e}")  # pytest -s shows it
+            assert diff < 1e-5, (stage, name)
+        assert len(a["losses"]) == len(b["losses"]) == 2, stage
+        loss_diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
+        print(f"{stage}: max |loss diff| {loss_diff:.2e}")
+        assert loss_diff < 1e-5, stage
+        assert a["val"].keys() == b["val"].keys(), stage
+        for k, v in a["val"].items():
+            assert abs(v - b["val"][k]) < 1e-5 or v != v and b["val"][k] != b["val"][k], (k, stage)
+
+
+def test_reduce_scatter_per_micro_batch(tmp_path: Path) -> None:
     out = tmp_path / "counts.json"
     cmd = [*TORCHRUN, f"--master_port={free_port()}", __file__, str(out)]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    for amp, r in json.loads(out.read_text()).items():
-        # per rank: no collective reduction in any backward pass, then exactly one
-        # reduce-scatter per FSDP unit at the end of each optimizer step
-        assert r["during_backward"] == [[0, 0], [0, 0]], amp
-        assert r["per_step"] == [[r["units"]] * 2] * 2, amp
-        assert r["all_gathers_equal"], amp
+    results = json.loads(out.read_text())
+    assert results.pop("foreach_mixed") == {"steps": True, "one_mixed_group_fails": True}
+    for amp, r in results.items():
+        # per rank and micro-batch: every unit's gradient reduce-scattered once, during
+        # that micro-batch's backward (sharded gradients afterwards, nothing unreduced);
+        # the same sequence of collectives on both ranks, although rank 1's data has
+        # heads without targets and another number of logits chunks
+        assert r["per_micro_batch"] == [[r["units"]] * 4] * 2, amp
+        assert r["sharded_grads_after_micro_batch"], amp
+        assert r["same_collectives"], amp
         # gradients == one process on the whole global batch (bf16: rounding of the
         # all-gathered bf16 weights vs autocast of fp32 ones)
         assert r["max_grad_diff"] < (1e-6 if amp == "fp32" else 3e-2), (amp, r)
     # after 2 AdamW steps (lr 1e-2; Adam's normalised update magnifies 1e-8 differences)
-    assert out and json.loads(out.read_text())["fp32"]["max_param_diff"] < 1e-5
+    assert json.loads(out.read_text())["fp32"]["max_param_diff"] < 1e-5
 
 
 # --- worker (torchrun) ---------------------------------------------------------------------
@@ -154,101 +212,144 @@ def _batch(ids: torch.Tensor, labels: torch.Tensor):
 
 
 def _global_batches(step: int, vocab: int) -> list:
-    """4 sequences per step (rank r, micro-batch m -> sequence 2*m + r); the last one has a
-    single labelled token, so heads 1.. have no target there (skipped on that rank only)."""
+    """4 sequences per step (rank r, micro-batch m -> sequence 2*m + r); rank 1's have
+    fewer labelled tokens (fewer logits chunks), its last a single one (heads 1.. without
+    targets)."""
     g = torch.Generator().manual_seed(step)
     out = []
     for i in range(4):
         ids = torch.randint(0, vocab, (1, 10), generator=g)
         labels = ids.clone()
-        if i == 3:
-            labels[:, 2:] = -100
+        if i % 2:
+            labels[:, 2 if i == 3 else 6 :] = -100
         out.append(_batch(ids, labels))
     return out
 
 
 def _worker(out_path: str) -> None:
+    import contextlib
+
     import torch.distributed as tdist
 
     from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
     from weighted_mtp.training import fsdp
-    from weighted_mtp.training.runtime import autocast
-    from weighted_mtp.training.task import Task, denominators, micro_step
+    from weighted_mtp.training.distributed import DistInfo, env_info
+    from weighted_mtp.training.optim import build_optimizer
+    from weighted_mtp.training.parallel import Replicated, Sharded
+    from weighted_mtp.training.step import optimizer_step
+    from weighted_mtp.training.task import Task
     from weighted_mtp.weighting.uniform import UniformWeighting
 
     tdist.init_process_group("gloo")
     rank, ws = tdist.get_rank(), tdist.get_world_size()
-    counts = {"rs": 0, "ag": 0}
+    calls: list[tuple[str, int]] = []
     rs, ag = tdist.reduce_scatter_single, tdist.all_gather_into_tensor
 
     def count_rs(*a, **k):
-        counts["rs"] += 1
+        calls.append(("rs", (k.get("input") if "input" in k else a[1]).numel()))
         return rs(*a, **k)
 
     def count_ag(*a, **k):
-        counts["ag"] += 1
+        calls.append(("ag", (a[1] if len(a) > 1 else k["input_tensor"]).numel()))
         return ag(*a, **k)
 
     tdist.reduce_scatter_single, tdist.all_gather_into_tensor = count_rs, count_ag
+    per_micro: list[int] = []
+    sharded_grads = []
+
+    class Counting(Sharded):
+        @contextlib.contextmanager
+        def micro_batch(self, model):
+            before = sum(op == "rs" for op, _ in calls)
+            with super().micro_batch(model):
+                yield
+            per_micro.append(sum(op == "rs" for op, _ in calls) - before)
+            sharded_grads.append(all(fsdp.is_dtensor(p.grad) for p in model.parameters()))
+
     results = {}
     args = ModelArgs(dim=32, n_layers=5, n_heads=4, vocab_size=64, n_future_tokens=3)
     base = MTPTransformer(args)
     base.init_weights(torch.Generator().manual_seed(0))
-    task = Task(train_policy=True, weighting=UniformWeighting())
+    task = Task(train_policy=True, weighting=UniformWeighting(), chunk_size=3)
     cpu = torch.device("cpu")
     for name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
+        calls.clear()
+        per_micro.clear()
+        sharded_grads.clear()
         model, ref = copy.deepcopy(base), copy.deepcopy(base)
         model.set_activation_checkpointing(True)
-        fsdp.shard(model, cpu, ws, amp)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-        during, per_step, ags, grad_diff = [], [], [], 0.0
+        par, ref_par = Counting(env_info(), cpu, amp), Replicated(DistInfo(), cpu, amp)
+        par.prepare(model)
+        opt = build_optimizer(model.parameters(), 1e-2, 0.0, foreach=True)
+        ref_opt = build_optimizer(ref.parameters(), 1e-2, 0.0, foreach=True)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        grad_diff = 0.0
         for step in range(2):
             batches = _global_batches(step, args.vocab_size)
-            den = denominators(task, batches, args.n_future_tokens)
-            counts["rs"] = 0
-            fsdp.begin_step(model)
-            for m in range(2):
-                with autocast(cpu, amp):
-                    micro_step(task, model, batches[2 * m + rank], den, backward=True)
-            during.append(counts["rs"])
-            fsdp.reduce_gradients(model)
-            per_step.append(counts["rs"])
-            for b in batches:
-                with autocast(cpu, amp):
-                    micro_step(task, ref, b, den, backward=True)
-            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
-            grad_diff = max(
-                grad_diff,
-                max((grads[n] - p.grad).abs().max().item() for n, p in ref.named_parameters()),
-            )
-            fsdp.clip_grad_norm_(model.parameters(), 1.0)
-            torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-            opt.step()
-            ref_opt.step()
-            opt.zero_grad(set_to_none=True)
-            ref_opt.zero_grad(set_to_none=True)
-        ags = [None] * ws
-        tdist.all_gather_object(ags, counts["ag"])
+            mine = [batches[2 * m + rank] for m in range(2)]
+            grads = {}
+
+            def keep_grads(par=par, model=model, grads=grads):
+                grads.update({n: p.grad.full_tensor() for n, p in model.named_parameters()})
+
+            par.clip_grad_norm_ = _before(par.clip_grad_norm_, keep_grads)
+            optimizer_step(mine, task, model, par, opt, scaler, list(model.parameters()), 1.0,
+                           cpu, amp)  # fmt: skip
+            ref_grads = {}
+
+            def keep_ref(ref=ref, ref_grads=ref_grads):
+                ref_grads.update({n: p.grad.clone() for n, p in ref.named_parameters()})
+
+            ref_par.clip_grad_norm_ = _before(ref_par.clip_grad_norm_, keep_ref)
+            optimizer_step(batches, task, ref, ref_par, ref_opt, scaler, list(ref.parameters()),
+                           1.0, cpu, amp)  # fmt: skip
+            diffs = [(grads[n] - ref_grads[n]).abs().max().item() for n in grads]
+            grad_diff = max(grad_diff, *diffs)
         param_diff = max(
             (p.full_tensor() - q).abs().max().item()
             for p, q in zip(model.parameters(), ref.parameters(), strict=True)
         )
-        all_during, all_steps = [None] * ws, [None] * ws
-        tdist.all_gather_object(all_during, during)
-        tdist.all_gather_object(all_steps, per_step)
+        seqs, micro = [None] * ws, [None] * ws
+        tdist.all_gather_object(seqs, calls)
+        tdist.all_gather_object(micro, per_micro)
         results[name] = {
             "units": len(fsdp.units(model)),
-            "during_backward": all_during,
-            "per_step": [list(x) for x in zip(*all_steps, strict=True)],
-            "all_gathers_equal": len(set(ags)) == 1,
+            "per_micro_batch": micro,
+            "sharded_grads_after_micro_batch": all(sharded_grads),
+            "same_collectives": all(s == seqs[0] for s in seqs),
             "max_grad_diff": grad_diff,
             "max_param_diff": param_diff,
         }
+    results["foreach_mixed"] = _foreach_mixed(model, build_optimizer)
     if rank == 0:
         Path(out_path).write_text(json.dumps(results, indent=1))
     tdist.barrier()  # no rank tears gloo down while another still talks to it
     tdist.destroy_process_group()
+
+
+def _foreach_mixed(model, build_optimizer) -> dict[str, bool]:
+    """AdamW's foreach path (CUDA's default) over sharded policy parameters (DTensor) and a
+    replicated value head (Tensor): build_optimizer's groups step; one mixed group fails."""
+    head = torch.nn.Linear(model.args.dim, 1)
+    params = [*model.parameters(), *head.parameters()]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = head.weight.detach().clone()
+    build_optimizer(params, 1e-2, 0.1, foreach=True).step()
+    try:
+        torch.optim.AdamW(params, lr=1e-2, foreach=True).step()
+        mixed_fails = False
+    except Exception:
+        mixed_fails = True
+    return {"steps": not torch.equal(before, head.weight), "one_mixed_group_fails": mixed_fails}
+
+
+def _before(fn, hook):
+    def wrapped(*a, **k):
+        hook()
+        return fn(*a, **k)
+
+    return wrapped
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.training.losses import (
@@ -151,3 +155,48 @@ def test_no_valid_targets_gives_zero_loss():
     out = mtp_loss(model, h, mask, targets)
     assert out.loss.item() == 0.0 and out.n_valid == 0
     assert (out.trunk_grad == 0).all()
+
+
+class _LiveCasts(TorchDispatchMode):
+    """Weak references to every bf16 copy of an activation [rows <= max_rows, dim] (not of
+    a parameter: autocast caches those on purpose)."""
+
+    def __init__(self, model: MTPTransformer, max_rows: int) -> None:
+        super().__init__()
+        self.dim, self.max_rows, self.refs = model.args.dim, max_rows, []
+        self.params = {p.data_ptr() for p in model.parameters()}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (
+            func is torch.ops.aten._to_copy.default
+            and out.dtype == torch.bfloat16
+            and out.ndim == 2
+            and out.shape[1] == self.dim
+            and out.shape[0] <= self.max_rows
+            and args[0].data_ptr() not in self.params
+        ):
+            self.refs.append(weakref.ref(out))
+        return out
+
+    def alive(self) -> int:
+        gc.collect()
+        return sum(r() is not None for r in self.refs)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 5, 30])
+def test_autocast_keeps_no_chunk_input(chunk_size: int) -> None:
+    """Under autocast, each logits chunk's input (a leaf that requires grad) is cast to
+    bf16; no such copy may outlive its chunk, whatever the number of chunks."""
+    model = _model()
+    ids, mask, labels = _batch()
+    targets = mtp_targets(labels, model.n_future_tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.trunk(ids, mask)
+        with _LiveCasts(model, chunk_size) as casts:
+            out = mtp_loss(model, h, mask, targets, chunk_size=chunk_size)
+            alive = casts.alive()  # still inside the autocast region of the micro-step
+        backward_trunk(h, out)
+    n_chunks = sum(-(-int(v) // chunk_size) for v in out.head_valid)
+    assert len(casts.refs) >= n_chunks  # each chunk's input was cast ...
+    assert alive == 0  # ... and none stays cached until the region ends

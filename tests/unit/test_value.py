@@ -43,6 +43,34 @@ def test_discounted_and_td_lambda_targets() -> None:
     assert t[0, 1:4].tolist() == pytest.approx([g0, g1, g2])
 
 
+def _loop_targets(values, reward, mask, gamma, lam):
+    """The former per-position loop (right to left), as the reference."""
+    values = values.detach().float()
+    out = torch.zeros_like(values)
+    g = reward.float().clone()
+    nxt_v = torch.zeros_like(g)
+    started = torch.zeros_like(g, dtype=torch.bool)
+    for t in range(values.shape[1] - 1, -1, -1):
+        m = mask[:, t]
+        g = torch.where(m & started, gamma * ((1 - lam) * nxt_v + lam * g), g)
+        out[:, t] = torch.where(m, g, out[:, t])
+        nxt_v = torch.where(m, values[:, t], nxt_v)
+        started = started | m
+    return out
+
+
+@pytest.mark.parametrize(("gamma", "lam"), [(1.0, 1.0), (0.99, 0.95), (0.9, 0.0), (1.0, 0.5)])
+def test_vectorised_targets_equal_the_loop(gamma: float, lam: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 40, generator=g)
+    reward = torch.rand(6, generator=g)
+    mask = torch.rand(6, 40, generator=g) < 0.7  # gaps too, and a row without states
+    mask[2] = False
+    mask[3, :35] = False
+    got = value_targets(values, reward, mask, gamma, lam)
+    assert torch.allclose(got, _loop_targets(values, reward, mask, gamma, lam), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("loss_type", "expected"),
     [("mse", (0.25 + 4.0) / 2), ("mae", (0.5 + 2.0) / 2), ("huber", (0.125 + 1.5) / 2)],

@@ -3,7 +3,9 @@
 The reference (``models.reference``, Hugging Face format, same vocabulary as the policy)
 scores each training record once; its per-token losses are cached on disk under
 ``models.reference.cache_dir`` (see :mod:`weighted_mtp.training.reference_cache`) and
-reused by later epochs and runs. The weighting (``weighting._target_``, Rho1Weighting)
+reused by later epochs and runs. Before the first step each rank scores the records it will
+train on (its share) and releases the reference, so it never sits in memory during
+training. The weighting (``weighting._target_``, Rho1Weighting)
 keeps the top ``training.k_percent`` of each head's tokens by excess loss.
 """
 
@@ -58,6 +60,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
         train_policy=True,
         weighting=weighting,
         reference=cache,
+        prepare=cache.precompute,
         provenance={"reference": str(ref_cfg.path), "reference_cache": str(cache.dir)},
     )
 

@@ -221,7 +221,7 @@ class Checkpointer:
     ``checkpoint`` section's rules (interval files, best, final, retention).
     """
 
-    def __init__(self, cfg, task, modules, optimizer, scheduler, scaler, sampler, info) -> None:
+    def __init__(self, cfg, task, modules, optimizer, scheduler, scaler, sampler, parallel) -> None:
         self.cfg, self.task, self.modules = cfg, task, modules
         self.optimizer, self.scheduler, self.scaler, self.sampler = (
             optimizer,
@@ -229,13 +229,13 @@ class Checkpointer:
             scaler,
             sampler,
         )
-        self.info = info
+        self.info = parallel.info
         self.c = cfg.checkpoint
         self.save_dir = Path(self.c.save_dir)
         self.best = math.inf
         self.step = 0
-        # FSDP-sharded policy: checkpoints are DCP directories ("checkpoint_final/")
-        self.sharded = fsdp.is_sharded(modules.get("policy"))
+        # a trained FSDP-sharded policy: checkpoints are DCP directories ("checkpoint_final/")
+        self.sharded = parallel.sharded and "policy" in modules
         self.ext = "" if self.sharded else ".pt"
 
     def state(self, val: dict[str, float]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ correct records' response tokens, the same number for every stage so runs compar
 ``val/head{k}_ce`` per head. With a value head: ``val/value_loss`` over all records and
 ``val/auroc``, how well V at the last state separates correct from incorrect.
 ``val/loss`` (what ``save_best`` minimises) is ``val/mtp_ce``, or ``val/value_loss`` for a
-stage without MTP loss (critic).
+stage without MTP loss (critic). Under FSDP every rank runs the same number of batches
+(ranks with fewer records run padding batches that count nothing), so the sharded model's
+collectives match.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class Validator:
         device: torch.device,
         amp: torch.dtype | None,
         info: DistInfo | None = None,
+        pad: bool = False,
     ) -> None:
+        """``pad``: every rank runs the same number of batches (sharded models issue
+        collectives in each forward); padding batches repeat a record and count nothing."""
         self.task, self.model, self.collator = task, model, collator
         self.device, self.amp = device, amp
         self.dataset = ProcessedDataset(cfg.dataset.validation)
@@ -57,7 +62,13 @@ class Validator:
         self.info = info = info or DistInfo()
         self.records = self.dataset.records(ids[info.rank :: info.world_size])  # this shard
         # no gradients are kept, so validation batches can be larger than training ones
-        self.batch_size = cfg.training.batch_size * EVAL_BATCH_FACTOR
+        self.batch_size = bs = cfg.training.batch_size * EVAL_BATCH_FACTOR
+        self.n_batches = -(-len(self.records) // bs)
+        self.pad_records = []
+        if pad and len(ids):
+            most = -(-len(ids) // info.world_size)  # rank 0's share, the largest
+            self.n_batches = -(-most // bs)
+            self.pad_records = self.dataset.records(ids[:1])
 
     @torch.no_grad()
     def run(self) -> dict[str, float]:
@@ -65,8 +76,10 @@ class Validator:
         ce_sum, ce_count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
         v_sum, v_count = 0.0, 0
         last_v, correct = [], []
-        for i in range(0, len(self.records), self.batch_size):
-            batch = self.collator(self.records[i : i + self.batch_size]).to(self.device)
+        for i in range(self.n_batches):
+            records = self.records[i * self.batch_size : (i + 1) * self.batch_size]
+            real = bool(records)
+            batch = self.collator(records or self.pad_records).to(self.device)
             with autocast(self.device, self.amp):
                 h = self.model.trunk(batch.input_ids, batch.attention_mask)
                 if self.task.weighting is not None:
@@ -79,9 +92,10 @@ class Validator:
                         denominator=1.0,
                         backward=False,
                     )
-                    ce_sum += (out.head_ce * out.head_valid).double().cpu()
-                    ce_count += out.head_valid.double().cpu()
-                if self.task.value_head is not None:
+                    if real:
+                        ce_sum += (out.head_ce * out.head_valid).double().cpu()
+                        ce_count += out.head_valid.double().cpu()
+                if self.task.value_head is not None and real:
                     values = self.task.value_head(h).float()
                     vmask = value_mask(batch.labels)
                     vt = value_targets(values, batch.reward, vmask, self.task.gamma, self.task.lam)

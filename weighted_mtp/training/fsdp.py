@@ -1,33 +1,45 @@
-"""FSDP2 (``runtime.distributed=fsdp``): sharded policy, one gradient reduction per step.
+"""FSDP2 (``runtime.distributed=fsdp``): the policy sharded over ranks, gradients
+reduce-scattered as backward goes.
 
 Units (each its own ``fully_shard``, under a root ``fully_shard(model)`` that owns no
 parameters): ``tok_embeddings``, every trunk block, every head block (``layers[-1]`` and
 ``extra_heads``), ``norm`` and ``output``. Mixed precision: parameters all-gathered in
-``runtime.amp_dtype``, gradients reduced in float32 (sharded master weights keep the
-loaded dtype); activation checkpointing is the model's own (``run_block``).
+``runtime.amp_dtype``, gradients reduce-scattered in float32 (SUM: the loss is already
+normalised by the global token count) into float32 sharded gradients that accumulate
+over micro-batches in each parameter's ``.grad``. Activation checkpointing is the
+model's own (``run_block``).
 
-Collectives must be issued in the same order on every rank, but the head-by-head MTP loss
-calls the head side (head blocks, ``norm``, ``output``) a data-dependent number of times
-(chunks of valid tokens; heads without targets are skipped). So:
+Collectives, per micro-batch, the same on every rank (FSDP requires one order):
 
-- trunk units (embeddings + trunk blocks) are all-gathered in forward and in backward,
-  once per micro-batch each: the same sequence on every rank;
-- head units are all-gathered once at the start of the step (``begin_step``), stay
-  unsharded through every forward/backward of the step and are resharded after the
-  reduction (their backward prefetch only names other head units, i.e. never gathers);
-- gradient sync is off for every backward pass (``set_requires_gradient_sync(False)``):
-  FSDP keeps each unit's unsharded gradient, accumulated across heads, chunks and
-  micro-batches (in float32 under mixed precision);
-- ``reduce_gradients`` turns sync on and runs FSDP's own end-of-backward routine
-  (the root's post-backward callback), which calls ``post_backward`` once for every unit:
-  one reduce-scatter per unit per optimizer step, SUM (divide factor 1, the loss is
-  already normalised by the global token count), zeros for units without gradients on a
-  rank so all ranks take part.
+- trunk units (embeddings, trunk blocks): all-gathered in forward (resharded after it)
+  and again in backward; each unit's gradient is reduce-scattered by FSDP's
+  post-backward hook right after its backward;
+- head block k: the same, within head pass k of the head-by-head loss
+  (:func:`~weighted_mtp.training.losses.mtp_loss` runs every head, with or without
+  targets, so every rank makes the same n head passes);
+- the shared ``norm`` and ``output``, which each head pass (``norm``) and each logits
+  chunk (``output``) runs again: all-gathered at their first use and kept unsharded
+  until the micro-batch ends (:func:`micro_batch` reshards them); their gradient sync is
+  off, so FSDP accumulates their unsharded gradient over heads and chunks (float32),
+  until the loss announces the last backward pass through each
+  (:func:`sync_next_backward`), which reduce-scatters it: once per micro-batch. The
+  number of chunks per head may differ between ranks: while ``output`` is resident no
+  chunk issues a collective, and every head has at least one (possibly empty) chunk, so
+  the last backward through ``output`` exists on every rank.
 
-Cost of the single reduction: an unsharded float32 gradient of the whole policy per rank
-during the step (28 GB for 7B). Validation (``full_weights``) keeps every unit unsharded
-(13 GB for 7B in bf16) so that ranks with different numbers of validation batches issue
-no collectives at all.
+So a step of m micro-batches issues m reduce-scatters per unit, and no rank holds more
+than one unit's unsharded gradient at a time, plus ``norm``'s and ``output``'s for the
+micro-batch. Why ``norm``/``output`` are resident instead of a full FSDP forward/backward
+per head pass and chunk: that would all-gather and reduce-scatter the vocabulary
+projection once per chunk (n x chunks times per micro-batch; at 7B a 131M-parameter
+matrix, 0.5 GB of float32 gradient per reduce-scatter) and would need the chunk count
+padded to the same number on every rank. The cost of residency (7B: dim 4096, vocab
+32000): ``output`` + ``norm`` unsharded in bf16 (0.26 GB) and their unsharded float32
+gradient (0.52 GB) during the micro-batch.
+
+Validation (:func:`resharded_after`) runs the same passes without backward: every rank
+must run the same number of batches (the validator pads), ``norm``/``output`` stay
+gathered until validation ends.
 """
 
 from __future__ import annotations
@@ -56,22 +68,33 @@ def trunk_units(model: MTPTransformer) -> list[nn.Module]:
     return [model.tok_embeddings, *model.layers[:-1]]
 
 
-def head_units(model: MTPTransformer) -> list[nn.Module]:
-    return [*model.head_blocks(), model.norm, model.output]
+def shared_units(model: MTPTransformer) -> list[nn.Module]:
+    """The units every head pass runs: resident for a micro-batch."""
+    return [model.norm, model.output]
 
 
 def units(model: MTPTransformer) -> list[FSDPModule]:
-    return [*trunk_units(model), *head_units(model)]  # type: ignore[list-item]
+    return [*trunk_units(model), *model.head_blocks(), *shared_units(model)]  # type: ignore[list-item]
 
 
 def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """A sharded (FSDP) parameter or gradient."""
+    return isinstance(t, DTensor)
+
+
 def shard(
     model: MTPTransformer, device: torch.device, world_size: int, amp: torch.dtype | None
 ) -> None:
-    """Apply FSDP2 in place (parameters become DTensor shards on ``device``)."""
+    """Apply FSDP2 in place (parameters become DTensor shards on ``device``).
+
+    ``model`` may live on the meta device: then its shards stay on the meta device until
+    the caller materialises them (``to_empty`` + loading) and calls :func:`lazy_init`;
+    otherwise this moves the shards to ``device`` and initialises FSDP.
+    """
     if amp == torch.float16:
         raise UserError(
             "runtime.distributed=fsdp does not support runtime.amp_dtype=float16 (the grad "
@@ -83,69 +106,66 @@ def shard(
         if amp is not None
         else MixedPrecisionPolicy()
     )
-    for u in trunk_units(model):
+    for u in [*trunk_units(model), *model.head_blocks()]:
         fully_shard(u, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
-    for u in head_units(model):
+    for u in shared_units(model):
         fully_shard(u, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        u.set_reshard_after_backward(False)  # type: ignore[operator]
+        u.set_requires_gradient_sync(False, recurse=False)  # type: ignore[operator]
     fully_shard(model, mesh=mesh, mp_policy=mp)
-    root: FSDPModule = model  # type: ignore[assignment]
-    trunk, heads = trunk_units(model), head_units(model)
-    for i, u in enumerate(trunk[1:], start=1):  # backward: block i prefetches block i-1
-        u.set_modules_to_backward_prefetch([trunk[i - 1]])  # type: ignore[union-attr]
-    for u in heads:  # a resident head unit: prefetching it never issues an all-gather
-        u.set_modules_to_backward_prefetch([heads[0] if u is not heads[0] else heads[-1]])  # type: ignore[union-attr]
-        u.set_reshard_after_backward(False)  # type: ignore[union-attr]
-    for u in units(model):
+    trunk = trunk_units(model)
+    for i, u in enumerate(units(model)):
         u.set_gradient_divide_factor(1.0)
         u.set_force_sum_reduction_for_comms(True)
-        u.set_reduce_scatter_unused_params(True)
-    root.set_requires_gradient_sync(False)
-    root.set_is_last_backward(False)
-    # lazy init from the root: the loop never calls model.forward, and the first unit to
-    # run forward would otherwise become a root of its own
+        # backward: trunk block i prefetches block i-1; the others name a resident unit
+        # (``norm``), since an empty list would mean FSDP's order-based default prefetch
+        prefetch = trunk[i - 1] if 0 < i < len(trunk) else model.norm
+        u.set_modules_to_backward_prefetch([prefetch])  # type: ignore[list-item]
+    if not any(p.is_meta for p in model.parameters()):
+        lazy_init(model, device)
+
+
+def lazy_init(model: MTPTransformer, device: torch.device) -> None:
+    """Initialise FSDP from the root (one no-grad forward of one token), then reshard.
+
+    The loop never calls ``model.forward``; without this, the first unit to run forward
+    would become a root of its own.
+    """
     with torch.no_grad():
         model(torch.zeros(1, 1, dtype=torch.long, device=device))
-    _reshard(model)
-
-
-def _reshard(model: MTPTransformer) -> None:
     for u in units(model):
         u.reshard()
 
 
-def begin_step(model: MTPTransformer) -> None:
-    """All-gather the head units, in the same order on every rank, for the whole step."""
-    for u in head_units(model):
-        u.unshard()  # type: ignore[operator]
-
-
-def reduce_gradients(model: MTPTransformer) -> None:
-    """Reduce-scatter every unit's accumulated gradient once; reshard the head units."""
-    root: FSDPModule = model  # type: ignore[assignment]
-    root.set_requires_gradient_sync(True)
-    root.set_is_last_backward(True)
-    try:
-        # FSDP's end-of-backward routine: post_backward() for every parameter group
-        root._get_fsdp_state()._root_post_backward_final_callback()
-    finally:
-        root.set_requires_gradient_sync(False)
-        root.set_is_last_backward(False)
-    for u in head_units(model):
-        u.reshard()  # type: ignore[operator]
-
-
 @contextlib.contextmanager
-def full_weights(model: MTPTransformer) -> Iterator[None]:
-    """Every unit unsharded (forward passes issue no collectives), e.g. for validation."""
-    for u in units(model):
-        u.set_reshard_after_forward(False, recurse=False)
-        u.unshard()
+def micro_batch(model: MTPTransformer) -> Iterator[None]:
+    """One micro-batch's forward/backward: ``norm``/``output`` accumulate their gradient
+    unreduced until :func:`sync_next_backward`, and are resharded at the end."""
+    for u in shared_units(model):
+        u.set_requires_gradient_sync(False, recurse=False)  # type: ignore[operator]
     try:
         yield
     finally:
-        for u in trunk_units(model):
-            u.set_reshard_after_forward(True, recurse=False)  # type: ignore[operator]
-        _reshard(model)
+        for u in shared_units(model):
+            u.set_requires_gradient_sync(False, recurse=False)  # type: ignore[operator]
+            u.reshard()  # type: ignore[operator]
+
+
+def sync_next_backward(module: nn.Module) -> None:
+    """The next backward pass through ``module`` (a shared unit) reduce-scatters its
+    accumulated gradient."""
+    if is_sharded(module):
+        module.set_requires_gradient_sync(True, recurse=False)  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def resharded_after(model: MTPTransformer) -> Iterator[None]:
+    """Forward-only passes (validation); every unit resharded afterwards."""
+    try:
+        yield
+    finally:
+        for u in units(model):
+            u.reshard()
 
 
 def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:

@@ -2,17 +2,16 @@
 
 ``train(cfg, build_task)`` loads the policy, tokenizer and data, asks the stage for its
 :class:`~weighted_mtp.training.task.Task`, then runs optimizer steps: fetch
-``gradient_accumulation_steps`` micro-batches, normalise token-exactly over all of them
-(and all ranks), forward/backward each, sum gradients over ranks once, clip, step,
-schedule; log every ``log_interval`` steps; validate and checkpoint every
-``save_checkpoint_every`` epochs; resume from ``checkpoint.resume``.
+``gradient_accumulation_steps`` micro-batches and run one optimizer step on them
+(:func:`~weighted_mtp.training.step.optimizer_step`, with the parallelism of
+:mod:`~weighted_mtp.training.parallel`), schedule; log every ``log_interval`` steps;
+validate and checkpoint every ``save_checkpoint_every`` epochs; resume from ``checkpoint.resume``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,25 +26,24 @@ from tqdm import tqdm
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.formats import load_model
+from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.models.reader import CheckpointReader, meta_model
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer, policy_tokenizer_path
 from weighted_mtp.training import distributed as dist
-from weighted_mtp.training import fsdp
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.evaluate import Validator
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
-from weighted_mtp.training.runtime import amp_dtype, autocast, resolve_device, seed_everything
-from weighted_mtp.training.task import Task, denominators, micro_step
+from weighted_mtp.training.parallel import Replicated
+from weighted_mtp.training.parallel import build as build_parallel
+from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everything
+from weighted_mtp.training.step import TrainingDiverged, optimizer_step
+from weighted_mtp.training.task import Task
 from weighted_mtp.training.tracking import Tracker, create_tracker
 
 log = logging.getLogger(__name__)
 
 BuildTask = Callable[[DictConfig, MTPTransformer, Tokenizer, torch.device], Task]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stops, checkpoints stay as they were."""
 
 
 def tokenizer_path(cfg: DictConfig) -> str:
@@ -107,14 +105,12 @@ def _train(
     seed_everything(cfg.runtime.seed)
     amp = amp_dtype(cfg.runtime.mixed_precision, cfg.runtime.amp_dtype)
     tokenizer = load_tokenizer(tokenizer_path(cfg))
-    sharded = cfg.runtime.distributed == "fsdp" and info.enabled
-    # fsdp: full weights in CPU memory only; fully_shard moves each rank's shards to device
-    model = load_model(
-        cfg.models.policy.path,
-        cfg.models.policy.dtype,
-        "cpu" if sharded else device,
-        vocab_size=tokenizer.vocab_size,
-    )
+    parallel = build_parallel(cfg.runtime.distributed, info, device, amp)
+    # the stage sees the policy's shape (meta device); its weights come once the dtype
+    # (trained or frozen) is known, each rank reading only what it holds
+    reader = CheckpointReader(cfg.models.policy.path)
+    reader.check(vocab_size=tokenizer.vocab_size)
+    model = meta_model(reader, resolve_dtype(cfg.models.policy.dtype))
     model.set_activation_checkpointing(t_cfg.activation_checkpointing)
     task = build_task(cfg, model, tokenizer, device)
     task.check_inputs()
@@ -126,9 +122,8 @@ def _train(
         # runtime.mixed_precision (autocast).
         log.info("training float32 master weights (models.policy.dtype applies when frozen)")
         model.float()
-    if sharded:
-        fsdp.shard(model, device, info.world_size, amp)
-    fsdp_step = sharded and task.train_policy
+    parallel.load(model, reader)
+    del reader
     modules = task.trainable_modules(model)
     for m in modules.values():
         m.train()
@@ -143,16 +138,21 @@ def _train(
         world_size=info.world_size,
     )
     plan = _plan(cfg, sampler.total, info.world_size)
-    params = [p for m in modules.values() for p in m.parameters()]
-    replicated = [p for m in modules.values() if not fsdp.is_sharded(m) for p in m.parameters()]
-    optimizer = build_optimizer(params, t_cfg.learning_rate, t_cfg.weight_decay)
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, t_cfg.learning_rate, t_cfg.weight_decay, device)
     scheduler = build_scheduler(
         optimizer, plan.total_steps, t_cfg.warmup_ratio, t_cfg.lr_scheduler, t_cfg.min_lr_ratio
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    validator = Validator(cfg, task, model, collator, device, amp, info)
-    saver = Checkpointer(cfg, task, modules, optimizer, scheduler, scaler, sampler, info)
+    validator = Validator(cfg, task, model, collator, device, amp, info, pad=parallel.sharded)
+    saver = Checkpointer(cfg, task, modules, optimizer, scheduler, scaler, sampler, parallel)
     step = saver.resume()
+    if task.prepare is not None:  # every batch this rank will still train on, in order
+        ahead = iter(copy.deepcopy(sampler))
+        task.prepare(
+            collator(train_ds.records(next(ahead) for _ in range(t_cfg.batch_size))).to(device)
+            for _ in range((plan.total_steps - step) * plan.micro_batches)
+        )
 
     it = iter(sampler)
     history: list[dict[str, float]] = []
@@ -171,42 +171,23 @@ def _train(
             collator(train_ds.records(next(it) for _ in range(t_cfg.batch_size))).to(device)
             for _ in range(plan.micro_batches)
         ]
-        # fp16: the grad scaler's factor goes into the denominators, since the MTP loss
-        # runs its own backward head by head; reported losses are unscaled again.
-        loss_scale = (
-            scaler.scale(torch.ones((), device=device)).item() if scaler.is_enabled() else 1.0
-        )
-        den = denominators(task, batches, model.n_future_tokens)
-        den.mtp, den.value = (dist.all_reduce_sum(d, info) for d in (den.mtp, den.value))
-        den = den.scaled(loss_scale)
-        if fsdp_step:
-            fsdp.begin_step(model)
-        parts = []
-        for b in batches:
-            with autocast(device, amp):
-                out = micro_step(task, model, b, den, backward=True)
-            parts.append({k: (v / loss_scale if "loss" in k else v) for k, v in out.items()})
-        totals = _global_totals(parts, batches, info)
-        loss, step_tokens = totals["loss"], totals["tokens"]
-        if not math.isfinite(loss):
+        try:
+            res = optimizer_step(
+                batches, task, model, parallel, optimizer, scaler, params, t_cfg.max_grad_norm,
+                device, amp,
+            )  # fmt: skip
+        except TrainingDiverged as exc:
             bar.close()
             raise TrainingDiverged(
-                f"loss is {loss} at step {step + 1}: training stopped before the update; "
+                f"{exc} at step {step + 1}: training stopped before the update; "
                 f"the last good checkpoint in {saver.save_dir} is unchanged"
-            )
-        if fsdp_step:
-            fsdp.reduce_gradients(model)  # the policy's one reduction of this step
-        dist.sum_gradients(replicated, info)
-        scaler.unscale_(optimizer)
-        clip = fsdp.clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
-        grad_norm = clip(params, t_cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            ) from None
+        totals = res.totals
+        loss, step_tokens = totals["loss"], totals["tokens"]
         scheduler.step()
         step += 1
         tokens += step_tokens
-        metrics = _step_metrics(totals, task, grad_norm, scheduler, sampler)
+        metrics = _step_metrics(totals, task, res.grad_norm, scheduler, sampler)
         metrics["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
@@ -217,12 +198,12 @@ def _train(
                 log.info("step %d/%d %s", step, plan.total_steps, _fmt(metrics))
         interval = plan.checkpoint_interval
         if interval and step % interval == 0 and step < plan.total_steps:
-            val = _validate(validator, model, sharded)
+            val = _validate(validator, model, parallel)
             history.append({"step": step, **val})
             tracker.log_metrics(val, step)
             saver.periodic(step, val)
     bar.close()
-    val = _validate(validator, model, sharded)
+    val = _validate(validator, model, parallel)
     history.append({"step": step, **val})
     tracker.log_metrics(val, step)
     final = saver.final(step, val)
@@ -244,31 +225,9 @@ def _train(
     return result | {"history": history}
 
 
-def _validate(validator: Validator, model: MTPTransformer, sharded: bool) -> dict[str, float]:
-    """fsdp: with every unit unsharded, since ranks may run different numbers of batches."""
-    with fsdp.full_weights(model) if sharded else contextlib.nullcontext():
+def _validate(validator: Validator, model: MTPTransformer, parallel: Replicated) -> dict:
+    with parallel.validation(model):
         return validator.run()
-
-
-def _global_totals(parts: list[dict], batches, info: dist.DistInfo) -> dict[str, Any]:
-    """This step's loss terms, token count and per-head CE sums over micro-batches and
-    ranks, in one all-reduce."""
-    names = [k for k in ("loss", "mtp_loss", "value_loss") if k in parts[0]]
-    scalars = [sum(p[k] for p in parts).double().cpu() for k in names]
-    tokens = torch.tensor(sum(float(b.attention_mask.sum()) for b in batches), dtype=torch.float64)
-    vec = [torch.stack([*scalars, tokens])]
-    if "head_ce" in parts[0]:
-        vec.append(sum(p["head_ce"] * p["head_valid"] for p in parts).double().cpu())
-        vec.append(sum(p["head_valid"] for p in parts).double().cpu())
-    flat = dist.all_reduce_sum(torch.cat(vec), info)
-    out: dict[str, Any] = dict(
-        zip([*names, "tokens"], flat[: len(names) + 1].tolist(), strict=True)
-    )
-    if "head_ce" in parts[0]:
-        n = (len(flat) - len(names) - 1) // 2
-        ce_sum, valid = flat[len(names) + 1 :].split(n)
-        out["head_ce"] = (ce_sum / valid.clamp(min=1)).tolist()
-    return out
 
 
 def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> dict[str, float]:

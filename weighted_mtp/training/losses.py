@@ -8,6 +8,9 @@ Head k (0-based) at position t predicts token t+k+1. The loss is
 ``mtp_loss`` runs head after head against a detached trunk output and computes the
 vocabulary projection + CE in chunks of ``chunk_size`` tokens, so at most one chunk of
 fp32 logits [chunk, V] exists at a time (the paper's O(V) instead of O(n·V) trick).
+Every head runs, even without valid targets (one empty chunk), so the passes through the
+head units are the same on every rank (FSDP issues the same collectives); each chunk runs
+autocast without its cast cache, so no chunk input outlives its chunk.
 
 Backward protocol (``backward=True``)::
 
@@ -22,12 +25,13 @@ through the trunk, together with any other loss on ``h`` (e.g. the value head's)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from weighted_mtp.models.mtp import MTPTransformer
 
@@ -75,6 +79,16 @@ def _denominator(denominator: float | Tensor | None, n_valid: int) -> float | Te
     return max(n_valid, 1) if denominator is None else denominator
 
 
+def _uncached_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast as it is, but without its cast cache: a chunk's input is a leaf that
+    requires grad, whose low-precision copy autocast would otherwise keep until the
+    outermost autocast region ends (one copy per chunk, for the whole micro-batch)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(device.type)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
 def _chunk_ce(model: MTPTransformer, z: Tensor, tgt: Tensor) -> Tensor:
     """Per-token CE of normed hidden rows z [N,D] against targets [N] (fp32 logits)."""
     return F.cross_entropy(model.output(z).float(), tgt, reduction="none")
@@ -91,6 +105,7 @@ def mtp_loss(
     chunk_size: int = 1024,
     backward: bool = True,
     return_token_ce: bool = False,
+    before_last_backward: Callable[[nn.Module], None] | None = None,
 ) -> MTPLossOutput:
     """Weighted MTP loss, head by head, vocabulary projection in chunks.
 
@@ -101,6 +116,9 @@ def mtp_loss(
     chunk_size: tokens per logits chunk (valid tokens only are projected).
     backward=True back-propagates into the head parameters and returns ``trunk_grad``
     (see the module docstring); backward=False computes values only (validation).
+    ``before_last_backward(module)`` is called right before the last backward pass
+    through ``model.output`` (the last head's last chunk), then through ``model.norm``
+    (the last head's block): the parallelism's hook (FSDP reduces their gradients there).
     """
     n = model.n_future_tokens
     b, s, d = trunk_hidden.shape
@@ -119,8 +137,10 @@ def mtp_loss(
     for k in range(n):
         tgt = targets[..., k].reshape(-1)
         idx = valid[..., k].reshape(-1).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
+        # every head runs, with at least one (possibly empty) chunk: the passes through the
+        # head units do not depend on the data (the same collectives on every FSDP rank)
+        chunks = idx.split(chunk_size) if idx.numel() else (idx,)
+        last = k == n - 1
         with torch.set_grad_enabled(backward):
             z = model.head_hidden(k, h, ctx=ctx).reshape(b * s, d)
         zd = z.detach()
@@ -128,18 +148,21 @@ def mtp_loss(
         if callable(weights):
             ce_k = torch.zeros(b * s, device=h.device)
             with torch.no_grad():
-                for c in idx.split(chunk_size):
-                    ce_k[c] = _chunk_ce(model, zd[c], tgt[c])
+                for c in chunks:
+                    with _uncached_autocast(h.device):
+                        ce_k[c] = _chunk_ce(model, zd[c], tgt[c])
             w = weights(k, ce_k.view(b, s)).detach().reshape(-1).float()
         elif weights is not None:
             w = weights[..., k].detach().reshape(-1).float()
         gz = torch.zeros_like(zd) if backward else None
-        for c in idx.split(chunk_size):
+        for i, c in enumerate(chunks):
             zc = zd[c].requires_grad_(backward)
-            with torch.set_grad_enabled(backward):
+            with torch.set_grad_enabled(backward), _uncached_autocast(h.device):
                 ce = _chunk_ce(model, zc, tgt[c])
                 part = (ce if w is None else ce * w[c]).sum() / denom
             if backward:
+                if last and i == len(chunks) - 1 and before_last_backward is not None:
+                    before_last_backward(model.output)
                 part.backward()
                 gz.index_copy_(0, c, zc.grad)
             head_loss[k] += part.detach()
@@ -147,8 +170,10 @@ def mtp_loss(
             if token_ce is not None:
                 token_ce[c, k] = ce.detach()
         if backward:
+            if last and before_last_backward is not None:
+                before_last_backward(model.norm)
             z.backward(gz)
-        head_ce[k] /= idx.numel()
+        head_ce[k] /= max(idx.numel(), 1)
 
     trunk_grad = None
     if backward:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -31,18 +33,34 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * decay
 
 
-def build_optimizer(
-    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
-) -> torch.optim.AdamW:
-    """AdamW; weight decay applies to matrices only (not norms, biases)."""
+def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW groups of the trainable ``params``: weight decay on matrices only (not norms,
+    biases); sharded (DTensor) and plain parameters (e.g. a replicated value head next to
+    an FSDP policy) in separate groups, since AdamW's foreach and fused kernels take one
+    tensor type per group."""
     params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+    groups = []
+    for sharded in (True, False):
+        same = [p for p in params if isinstance(p, DTensor) == sharded]
+        for decay in (True, False):
+            ps = [p for p in same if (p.ndim >= 2) == decay]
+            if ps:
+                groups.append({"params": ps, "weight_decay": weight_decay if decay else 0.0})
+    return groups
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    device: torch.device | None = None,
+    **kwargs: Any,
+) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95) over :func:`param_groups`; the fused kernel on CUDA.
+    ``kwargs`` go to AdamW (e.g. ``foreach=True``)."""
+    if device is not None and device.type == "cuda":
+        kwargs.setdefault("fused", True)
+    return torch.optim.AdamW(param_groups(params, weight_decay), lr=lr, betas=(0.9, 0.95), **kwargs)
 
 
 def build_scheduler(

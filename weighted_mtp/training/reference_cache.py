@@ -7,14 +7,15 @@ the sha256 of its line index), ``dataset.max_length``, the tokenizer file and th
 temperature. Any change gives a new key, so stale losses are never reused. Each rank
 appends to its own pair of files (``ce-rank{r}.bin`` float32 values, ``ce-rank{r}.idx``
 (record id, offset, length) int64 rows); a record whose losses are missing is computed
-by one reference forward over just the missing rows of the batch.
+by one reference forward over just the missing rows of the batch. ``precompute`` scores
+a rank's training batches up front and then releases the reference.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ class ReferenceLossCache:
     ) -> None:
         """``compute(input_ids, attention_mask, labels) -> [B, S]``: the CE of the token at
         each position (0 where it is not a label)."""
-        self.compute = compute
+        self.compute: Callable[[Tensor, Tensor, Tensor], Tensor] | None = compute
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._bin = self.dir / f"ce-rank{rank}.bin"
@@ -106,11 +107,27 @@ class ReferenceLossCache:
         with open(self._idx, "ab") as fi:
             fi.write(np.asarray(index, dtype=np.int64).tobytes())
 
+    def precompute(self, batches: Iterable[Batch]) -> None:
+        """Score every record of ``batches`` that the cache lacks, then drop ``compute``
+        (and with it the reference model): training then only reads the cache, and the
+        reference never sits in memory next to the trained policy. Each rank passes the
+        batches it will train on (its own share)."""
+        for batch in batches:
+            self(batch)
+        self.compute = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def __call__(self, batch: Batch) -> Tensor:
         ids = batch.record_ids.tolist()
         lengths = batch.attention_mask.sum(dim=1).tolist()
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         missing = [i for i, rid in enumerate(ids) if rid not in self.entries]
+        if missing and self.compute is None:
+            raise RuntimeError(
+                f"records {[ids[i] for i in missing]} were not scored by precompute() "
+                "and the reference is released"
+            )
         if missing:
             rows = torch.tensor(missing, device=batch.input_ids.device)
             ce = (

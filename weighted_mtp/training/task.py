@@ -10,7 +10,7 @@ optional frozen reference. Data flow of one micro-batch::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +37,10 @@ class Task:
     gamma: float = 1.0
     lam: float = 1.0
     reference: ReferenceCE | None = None
+    chunk_size: int = 1024  # tokens per logits chunk of the MTP loss
+    # called once before the first step with every batch this rank will train on
+    # (rho1: the reference scores them into its cache, then is released)
+    prepare: Callable[[Iterable[Batch]], None] | None = None
     provenance: dict[str, str] = field(default_factory=dict)
 
     def check_inputs(self) -> None:
@@ -89,9 +93,17 @@ def denominators(task: Task, batches: list[Batch], n_heads: int) -> Denominators
 
 
 def micro_step(
-    task: Task, model: MTPTransformer, batch: Batch, den: Denominators, backward: bool
+    task: Task,
+    model: MTPTransformer,
+    batch: Batch,
+    den: Denominators,
+    backward: bool,
+    before_last_backward: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Tensor]:
     """Forward (and backward, when ``backward``) of one micro-batch.
+
+    ``before_last_backward`` is passed to :func:`~weighted_mtp.training.losses.mtp_loss`
+    (the parallelism's hook, see :mod:`weighted_mtp.training.parallel`).
 
     Returns detached loss terms: ``loss`` (this micro-batch's share of the step loss),
     ``mtp_loss``, ``value_loss``, ``head_ce`` [n], and the value head's ``values`` [B, S].
@@ -128,7 +140,9 @@ def micro_step(
             targets,
             task.weighting.weights(inputs),
             denominator=den.mtp.to(h.device),
+            chunk_size=task.chunk_size,
             backward=backward and task.train_policy,
+            before_last_backward=before_last_backward,
         )
         if backward and task.train_policy:
             backward_trunk(h, res, *extra)

@@ -34,19 +34,28 @@ def value_targets(
     lam = 1 gives the Monte-Carlo return gamma^(T-1-t) * R (with gamma = 1: R at every
     state, the seed's rule); lam = 0 gives the one-step TD target gamma * V(s_{t+1}).
     ``values`` are used as constants.
+
+    Computed in closed form, without a loop over positions: with the masked states of a
+    row renumbered 0..T-1 and a = gamma * lam,
+    ``G_i = a^(T-1-i) R + gamma (1 - lam) sum_{j>i} a^(j-1-i) V(s_j)`` (float64).
     """
-    values = values.detach().float()
-    out = torch.zeros_like(values)
-    g = reward.float().clone()
-    nxt_v = torch.zeros_like(g)
-    started = torch.zeros_like(g, dtype=torch.bool)
-    for t in range(values.shape[1] - 1, -1, -1):
-        m = mask[:, t]
-        # first state met from the right is s_{T-1}: its target is R
-        g = torch.where(m & started, gamma * ((1 - lam) * nxt_v + lam * g), g)
-        out[:, t] = torch.where(m, g, out[:, t])
-        nxt_v = torch.where(m, values[:, t], nxt_v)
-        started = started | m
+    out = torch.zeros(values.shape, dtype=torch.float32, device=values.device)
+    rows, cols = mask.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return out
+    n_states = mask.sum(dim=1)  # T per row
+    idx = (mask.cumsum(dim=1) - 1)[rows, cols]  # state number of each masked position
+    width = int(n_states.max())
+    i = torch.arange(width, device=values.device)
+    a = torch.tensor(gamma * lam, dtype=torch.float64, device=values.device)
+    g = a ** (n_states[:, None] - 1 - i[None, :]).clamp(min=0) * reward.double()[:, None]
+    if lam != 1.0:
+        v = values.new_zeros(values.shape[0], width, dtype=torch.float64)
+        v[rows, idx] = values.detach().double()[rows, cols]
+        e = i[None, :] - i[:, None] - 1  # [i, j] = j - 1 - i
+        discount = torch.where(e >= 0, a ** e.clamp(min=0), torch.zeros((), dtype=a.dtype))
+        g = g + gamma * (1 - lam) * (v @ discount.T)
+    out[rows, cols] = g[rows, idx].float()
     return out
 
 
