@@ -106,6 +106,9 @@ class TrainingConfig:
     min_lr_ratio: float = 0.0  # cosine/linear decay floor, as a share of learning_rate
     eval_samples: int = 64  # validation records scored at each checkpoint interval
     activation_checkpointing: bool = False
+    # with activation_checkpointing: how many blocks recompute in backward, trunk blocks
+    # first (selective checkpointing, less recompute); None = every block
+    activation_checkpointing_blocks: int | None = None
     # value head targets (critic, verifiable): TD(lambda); gamma=lam=1 is Monte-Carlo R
     gamma: float = 1.0
     lam: float = 1.0

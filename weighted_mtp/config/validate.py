@@ -202,6 +202,7 @@ def _check_ranges(c: _Checker) -> None:
         ("checkpoint.save_total_limit", ">= 0 (0: keep every periodic checkpoint)"),
         ("training.weight_decay", ">= 0"),
         ("models.value_head.hidden_dim", ">= 0 (0: the model's dim)"),
+        ("training.activation_checkpointing_blocks", ">= 0 (null: every block)"),
     ):
         v = _num(c, key)
         c.range(key, v is None or v >= 0, rule, "0")

@@ -8,11 +8,13 @@ a user would make, cheapest first, and names the first one that fits.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.plan import shapes
 from weighted_mtp.plan.host import host_ram_per_node
 from weighted_mtp.plan.report import GB, HEADROOM, Plan
@@ -67,12 +69,22 @@ def make_plan(
             reference_shape, cfg.models.reference.path, "config.json", "reference"
         )
     args = shapes.policy_args(policy)
-    result = simulate_rank(cfg, args, reference.data if reference else None, machine.gpus)
-    plan = _assemble(cfg, machine, result, policy.source, reference.source if reference else None)
-    plan.host_ram_gb_per_node = host_ram_per_node(cfg, args, machine) / GB
+    dtype = resolve_dtype(machine.checkpoint_dtype)
+    result = simulate_rank(cfg, args, reference.data if reference else None, machine.gpus, 0, dtype)
+    ref_source = reference.source if reference else None
+    plan = _assemble(cfg, machine, result, policy.source, ref_source, args.n_layers)
+    ref_params = result.module_bytes.get("reference", 0) // max(1, _itemsize(cfg))
+    host = host_ram_per_node(cfg, args, machine.checkpoint_dtype, ref_params)
+    plan.host_ram_gb_per_node = round(host / GB, 2)
     if fix and plan.fits is False:
         plan.fix = find_fix(cfg, machine, policy_shape, reference_shape)
     return plan
+
+
+def _itemsize(cfg: DictConfig) -> int:
+    import torch
+
+    return torch.empty((), dtype=resolve_dtype(cfg.models.reference.dtype)).element_size()
 
 
 def _components(result: RankResult) -> dict[str, float]:
@@ -80,11 +92,12 @@ def _components(result: RankResult) -> dict[str, float]:
     for cat, b in result.categories.items():
         name = COMPONENTS.get(cat, "activations")
         out[name] = out.get(name, 0.0) + b / GB
-    for name in ("value_head", "reference"):
-        b = result.module_bytes.get(name, 0)
-        if b:  # their weights are tracked as parameters; shown on their own
-            out["parameters"] = out.get("parameters", 0.0) - b / GB
-            out[name.replace("_", " ") + (" model" if name == "reference" else "")] = b / GB
+    b = result.module_bytes.get("value_head", 0)
+    if b:  # its weights are tracked as parameters; shown on their own
+        out["parameters"] = out.get("parameters", 0.0) - b / GB
+        out["value head"] = b / GB
+    if result.module_bytes.get("reference"):  # not resident during training (rho1 scores
+        out["reference model (scoring pass only)"] = result.module_bytes["reference"] / GB
     return {k: round(v, 3) for k, v in out.items() if abs(v) >= 5e-4}
 
 
@@ -110,7 +123,12 @@ def _comm_seconds(result: RankResult, machine: Machine) -> tuple[float, float]:
 
 
 def _assemble(
-    cfg: DictConfig, machine: Machine, result: RankResult, policy: str, reference: str | None
+    cfg: DictConfig,
+    machine: Machine,
+    result: RankResult,
+    policy: str,
+    reference: str | None,
+    n_blocks: int,
 ) -> Plan:
     t = cfg.training
     tokens = t.batch_size * t.gradient_accumulation_steps * machine.gpus * cfg.dataset.max_length
@@ -128,6 +146,7 @@ def _assemble(
         per_gpu_peak_gb=round(result.peak_bytes / GB, 3),
         training_peak_gb=round(train_peak / GB, 3),
         validation_peak_gb=round(result.validation_peak_bytes / GB, 3),
+        reference_pass_peak_gb=round(result.reference_peak_bytes / GB, 3),
         gpu_memory_gb=machine.gpu_memory_gb,
         components=_components(result),
         host_ram_gb_per_node=0.0,
@@ -142,6 +161,7 @@ def _assemble(
         peak_tflops=machine.peak_tflops,
         interconnect_gbps=machine.interconnect_gbps,
         policy_shape=policy,
+        n_blocks=n_blocks,
         reference_shape=reference,
         assumptions=_assumptions(cfg, result.validation_peak_bytes > train_peak),
     )
@@ -159,41 +179,76 @@ def _assumptions(cfg: DictConfig, validation_is_peak: bool) -> list[str]:
     ]
     if validation_is_peak:
         out.append("the peak is validation's (training.batch_size x 4 sequences, no grad)")
+    if cfg.experiment.stage == "rho1":
+        out.append(
+            "rho1: the reference scores the training records before training and is "
+            "released (its pass is planned separately: reference_pass_peak_gb)"
+        )
     return out
-
-
-def _with(cfg: DictConfig, **changes: object) -> DictConfig:
-    new = OmegaConf.masked_copy(cfg, list(cfg.keys()))
-    for key, value in changes.items():
-        OmegaConf.update(new, key.replace("__", "."), value)
-    return new
 
 
 def find_fix(
     cfg: DictConfig, machine: Machine, policy_shape: str | None, reference_shape: str | None
 ) -> str:
-    """The first change (cheapest first) whose simulated plan fits, as override text."""
-    t = cfg.training
-    candidates: list[dict[str, object]] = []
+    """The first change (cheapest first) whose simulated plan fits, as override text:
+    FSDP; then activation checkpointing on as few blocks as needed; then smaller
+    micro-batches with more accumulation (the same effective batch)."""
+
+    def plan_of(change: dict[str, object]) -> Plan:
+        return make_plan(_with(cfg, change), machine, policy_shape, reference_shape, fix=False)
+
+    def text(change: dict[str, object], plan: Plan) -> str:
+        kv = " ".join(f"{k}={v}" for k, v in change.items())
+        return f"{kv} (plan: {plan.per_gpu_peak_gb:.1f} GB per GPU)"
+
+    change: dict[str, object] = {}
     if cfg.runtime.distributed == "ddp" and machine.gpus > 1:
-        candidates.append({"runtime__distributed": "fsdp"})
-    base = {"runtime__distributed": "fsdp"} if machine.gpus > 1 else {}
-    if not t.activation_checkpointing:
-        candidates.append({**base, "training__activation_checkpointing": True})
-    b, a = t.batch_size, t.gradient_accumulation_steps
-    while b > 1:
-        b, a = math.ceil(b / 2), a * 2
-        candidates.append(
-            {
-                **base,
-                "training__activation_checkpointing": True,
-                "training__batch_size": b,
-                "training__gradient_accumulation_steps": a,
-            }
-        )
-    for change in candidates:
-        plan = make_plan(_with(cfg, **change), machine, policy_shape, reference_shape, fix=False)
+        change["runtime.distributed"] = "fsdp"
+        plan = plan_of(change)
         if plan.fits:
-            text = " ".join(f"{k.replace('__', '.')}={v}" for k, v in change.items())
-            return f"{text} (plan: {plan.per_gpu_peak_gb:.1f} GB per GPU)"
-    return "no single change found: use more GPUs or GPUs with more memory"
+            return text(change, plan)
+    b, a = cfg.training.batch_size, cfg.training.gradient_accumulation_steps
+    while True:
+        found = least_checkpointing(cfg, machine, change, plan_of)
+        if found is not None:
+            return text(*found)
+        if b == 1:
+            return "no change found: use more GPUs or GPUs with more memory"
+        b, a = math.ceil(b / 2), a * 2
+        change |= {"training.batch_size": b, "training.gradient_accumulation_steps": a}
+
+
+def least_checkpointing(cfg, machine, change, plan_of) -> tuple[dict, Plan] | None:  # noqa: ANN001
+    """Activation checkpointing on the fewest blocks that fit, or None if all do not: the
+    saving per block is measured (none vs all), the count derived, then simulated."""
+    limit = (1 - HEADROOM) * float(machine.gpu_memory_gb or 0)
+    none = plan_of(change | {"training.activation_checkpointing": False})
+    if none.fits:
+        return change | {"training.activation_checkpointing": False}, none
+    full = {**change, "training.activation_checkpointing": True}
+    full_plan = plan_of(full | {"training.activation_checkpointing_blocks": None})
+    if not full_plan.fits:
+        return None
+    n_blocks = _n_blocks(full_plan)
+    per_block = (none.per_gpu_peak_gb - full_plan.per_gpu_peak_gb) / n_blocks
+    need = math.ceil((none.per_gpu_peak_gb - limit) / max(per_block, 1e-9))
+    for n in (need, need + 2):
+        if n >= n_blocks:
+            break
+        part = full | {"training.activation_checkpointing_blocks": n}
+        plan = plan_of(part)
+        if plan.fits:
+            return part, plan
+    return full, full_plan
+
+
+def _n_blocks(plan: Plan) -> int:
+    """Blocks of the planned policy (trunk + heads)."""
+    return int(plan.n_blocks)
+
+
+def _with(cfg: DictConfig, change: dict[str, object]) -> DictConfig:
+    new = copy.deepcopy(cfg)
+    for key, value in change.items():
+        OmegaConf.update(new, key, value)
+    return new

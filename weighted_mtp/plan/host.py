@@ -1,39 +1,37 @@
-"""Host RAM per node while the policy is loaded, from the loading code on fake tensors.
+"""Host RAM per node while the models are loaded.
 
-The checkpoint is memory-mapped: its pages sit in the node's page cache once, whatever
-the number of ranks. On top of that each rank holds what the loader materialises on the
-host: :func:`~weighted_mtp.models.formats.model_from_state_dict` (a copy when the
-configured dtype differs from the file's) and, under ``fsdp`` (which loads onto the CPU
-and shards afterwards), the float32 master copy of a trained policy. Under ``ddp`` the
-loader moves the weights straight to the GPU, so nothing but the mapping stays on the host.
+The loaders memory-map the checkpoints and copy each rank's rows straight to its GPU
+(:mod:`weighted_mtp.models.reader`: ``assign_weights`` for a replica, ``load_weights``
+for FSDP shards), so what a node holds is the page cache of the mapped files, once,
+whatever the number of ranks: the policy checkpoint in its file dtype, plus rho1's
+reference (Hugging Face safetensors in ``models.reference.dtype``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import DictConfig
 
-from weighted_mtp.models.formats import model_from_state_dict, resolve_dtype
-from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
-from weighted_mtp.plan.fake import fake_world
-from weighted_mtp.plan.tracker import PlainTracker, peak
+from weighted_mtp.models.formats import resolve_dtype
+from weighted_mtp.models.mtp import ModelArgs
+from weighted_mtp.plan.simulate import ShapeReader
 
 
-def host_ram_per_node(cfg: DictConfig, args: ModelArgs, machine) -> int:  # noqa: ANN001
-    """Bytes of host RAM one node needs at load (page cache + every local rank's copies)."""
-    with fake_world(0, 1):
-        with torch.device("meta"):
-            shapes = MTPTransformer(args).state_dict()
-        file_dtype = resolve_dtype(machine.checkpoint_dtype)
-        mapped = {k: torch.empty(v.shape, dtype=file_dtype) for k, v in shapes.items()}
-        checkpoint = sum(t.numel() * t.element_size() for t in mapped.values())
-        per_rank = 0
-        if cfg.runtime.distributed == "fsdp" and machine.gpus > 1:
-            tracker = PlainTracker(args.vocab_size)
-            tracker.track_external(*mapped.values())
-            with tracker:
-                model = model_from_state_dict(mapped, args, cfg.models.policy.dtype, "cpu")
-                if cfg.experiment.stage != "critic":  # a trained policy: fp32 master weights
-                    model.float()
-            per_rank = peak(tracker)[0] - checkpoint
-    return checkpoint + min(machine.gpus, machine.gpus_per_node) * per_rank
+def host_ram_per_node(
+    cfg: DictConfig, args: ModelArgs, checkpoint_dtype: str, reference_params: int = 0
+) -> int:
+    """Bytes of page cache one node needs to load the run's checkpoints."""
+    reader = ShapeReader(args, resolve_dtype(checkpoint_dtype))
+    itemsize = torch.empty((), dtype=reader.dtype).element_size()
+    policy = sum(_numel(shape) for shape, _ in reader.shapes.values()) * itemsize
+    ref_item = torch.empty((), dtype=resolve_dtype(cfg.models.reference.dtype)).element_size()
+    return policy + reference_params * ref_item
+
+
+def _numel(shape: Any) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n

@@ -17,6 +17,7 @@ class Plan:
     per_gpu_peak_gb: float
     training_peak_gb: float
     validation_peak_gb: float
+    reference_pass_peak_gb: float
     gpu_memory_gb: float | None
     components: dict[str, float]  # name -> GB at the training peak
     host_ram_gb_per_node: float
@@ -31,6 +32,7 @@ class Plan:
     peak_tflops: float
     interconnect_gbps: float
     policy_shape: str
+    n_blocks: int  # the policy's transformer blocks (trunk + heads)
     reference_shape: str | None = None
     fix: str | None = None  # the change that makes the run fit, when it does not
     assumptions: list[str] = field(default_factory=list)
@@ -62,6 +64,11 @@ class Plan:
         lines += [
             f"  {'training peak':<{width}}  {self.training_peak_gb:8.2f}",
             f"  {'validation peak':<{width}}  {self.validation_peak_gb:8.2f}",
+            *(
+                [f"  {'reference pass peak':<{width}}  {self.reference_pass_peak_gb:8.2f}"]
+                if self.reference_pass_peak_gb
+                else []
+            ),
             f"  {'per-GPU peak':<{width}}  {self.per_gpu_peak_gb:8.2f}",
             "",
             f"host RAM per node at load: {self.host_ram_gb_per_node:.1f} GB",
