@@ -59,10 +59,16 @@ def main() -> int:
         "vocab_size": a.vocab,
     }
     rows = []
-    print(f"model: dim {a.dim}, {a.blocks} blocks, vocab {a.vocab}; seq {a.seq}, batch "
-          f"{a.batch} x {a.accum} micro-batches, {a.ranks} ranks (gloo, CPU)", flush=True)  # fmt: skip
-    print(f"{'stage':<11} {'mode':<5} {'rank':>4} {'planned MB':>11} {'measured MB':>12} "
-          f"{'ratio':>6} {'RSS+ MB':>8}", flush=True)  # fmt: skip
+    print(
+        f"model: dim {a.dim}, {a.blocks} blocks, vocab {a.vocab}; seq {a.seq}, batch "
+        f"{a.batch} x {a.accum} micro-batches, {a.ranks} ranks (gloo, CPU)",
+        flush=True,
+    )
+    print(
+        f"{'stage':<11} {'mode':<5} {'rank':>4} {'planned MB':>11} {'measured MB':>12} "
+        f"{'ratio':>6} {'RSS+ MB':>8}",
+        flush=True,
+    )
     ok = True
     for stage in a.stages.split(","):
         for mode in a.modes.split(","):
@@ -83,12 +89,17 @@ def main() -> int:
             for r, (p, m, rss) in enumerate(zip(c.planned, c.measured, c.rss_delta, strict=True)):
                 ratio = p / m
                 ok &= TARGET[0] <= ratio <= TARGET[1]
-                print(f"{stage:<11} {mode:<5} {r:>4} {p / 1e6:>11.1f} {m / 1e6:>12.1f} "
-                      f"{ratio:>6.3f} {rss / 1e6:>8.1f}", flush=True)  # fmt: skip
+                print(
+                    f"{stage:<11} {mode:<5} {r:>4} {p / 1e6:>11.1f} {m / 1e6:>12.1f} "
+                    f"{ratio:>6.3f} {rss / 1e6:>8.1f}",
+                    flush=True,
+                )
             rows.append(as_dict(c) | {"seconds": round(time.perf_counter() - t0, 1)})
     ratios = [r for row in rows for r in row["ratios"]]
-    print(f"planned/measured: min {min(ratios):.3f}, max {max(ratios):.3f} "
-          f"(target {TARGET[0]} .. {TARGET[1]}): {'met' if ok else 'NOT met'}")  # fmt: skip
+    print(
+        f"planned/measured: min {min(ratios):.3f}, max {max(ratios):.3f} "
+        f"(target {TARGET[0]} .. {TARGET[1]}): {'met' if ok else 'NOT met'}"
+    )
     if a.json:
         print(json.dumps(rows, indent=2))
     return 0 if ok else 1
