@@ -75,7 +75,7 @@ def make_plan(
     plan = _assemble(cfg, machine, result, policy.source, ref_source, args.n_layers)
     ref_params = result.module_bytes.get("reference", 0) // max(1, _itemsize(cfg))
     host = host_ram_per_node(cfg, args, machine.checkpoint_dtype, ref_params)
-    plan.host_ram_gb_per_node = round(host / GB, 2)
+    plan.host_ram_gb_per_node = round(host / GB, 4)
     if fix and plan.fits is False:
         plan.fix = find_fix(cfg, machine, policy_shape, reference_shape)
     return plan
@@ -98,7 +98,7 @@ def _components(result: RankResult) -> dict[str, float]:
         out["value head"] = b / GB
     if result.module_bytes.get("reference"):  # not resident during training (rho1 scores
         out["reference model (scoring pass only)"] = result.module_bytes["reference"] / GB
-    return {k: round(v, 3) for k, v in out.items() if abs(v) >= 5e-4}
+    return {k: round(v, 6) for k, v in out.items() if v}
 
 
 def _comm_seconds(result: RankResult, machine: Machine) -> tuple[float, float]:
@@ -143,18 +143,18 @@ def _assemble(
         stage=cfg.experiment.stage,
         gpus=machine.gpus,
         distributed=cfg.runtime.distributed,
-        per_gpu_peak_gb=round(result.peak_bytes / GB, 3),
-        training_peak_gb=round(train_peak / GB, 3),
-        validation_peak_gb=round(result.validation_peak_bytes / GB, 3),
-        reference_pass_peak_gb=round(result.reference_peak_bytes / GB, 3),
+        per_gpu_peak_gb=round(result.peak_bytes / GB, 6),
+        training_peak_gb=round(train_peak / GB, 6),
+        validation_peak_gb=round(result.validation_peak_bytes / GB, 6),
+        reference_pass_peak_gb=round(result.reference_peak_bytes / GB, 6),
         gpu_memory_gb=machine.gpu_memory_gb,
         components=_components(result),
         host_ram_gb_per_node=0.0,
         tokens_per_step=tokens,
         flops_per_step=result.flops * machine.gpus,
-        step_time_s=round(step, 3),
-        compute_time_s=round(compute, 3),
-        comm_time_s=round(comm, 3),
+        step_time_s=round(step, 6),
+        compute_time_s=round(compute, 6),
+        comm_time_s=round(comm, 6),
         optimizer_steps=steps,
         run_hours=round(steps * step / 3600, 2),
         mfu=machine.mfu,

@@ -94,11 +94,9 @@ def measure(
 def compare(
     cfg: DictConfig, args: ModelArgs, ref_config: dict | None, world_size: int
 ) -> Comparison:
-    """Plan every rank on fake tensors, then run them for real; both peaks per rank."""
-    planned = [
-        simulate_rank(cfg, args, ref_config, world_size, rank).peak_bytes
-        for rank in range(world_size)
-    ]
+    """Plan rank 0 on fake tensors (the plan's rank: FSDP gives it the largest shards),
+    then run every rank for real; planned vs measured per rank."""
+    planned = [simulate_rank(cfg, args, ref_config, world_size).peak_bytes] * world_size
     real = measure(cfg, args, ref_config, world_size)
     return Comparison(
         cfg.experiment.stage,
