@@ -65,11 +65,8 @@ def _sim(*overrides: str, gpus: int = 1):
 
 def test_plan_follows_activation_checkpointing_blocks() -> None:
     """Fewer stored activations and more recompute with each checkpointed block."""
-    runs = [
-        _sim("training.activation_checkpointing=false"),
-        _sim("training.activation_checkpointing=true", "training.activation_checkpointing_blocks=1"),
-        _sim("training.activation_checkpointing=true"),  # every block
-    ]
+    ac = "training.activation_checkpointing"
+    runs = [_sim(f"{ac}=false"), _sim(f"{ac}=true", f"{ac}_blocks=1"), _sim(f"{ac}=true")]
     acts = [r.categories.get("Activation", 0) for r in runs]
     assert acts[0] > acts[1] > acts[2]
     assert runs[0].flops < runs[1].flops < runs[2].flops
