@@ -41,7 +41,7 @@ COMPONENTS = {
     "Reduce Scatter": "communication buffers",
 }
 # bytes a ring collective moves per byte of its largest buffer
-BUS_FACTOR = {"allreduce": 2.0, "allgather": 1.0, "reduce_scatter": 1.0}
+BUS_FACTOR = {"allreduce": 2.0, "allgather": 1.0, "reducescatter": 1.0}
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,11 @@ def make_plan(
     result = simulate_rank(cfg, args, reference.data if reference else None, machine.gpus, 0, dtype)
     ref_source = reference.source if reference else None
     plan = _assemble(cfg, machine, result, policy.source, ref_source, args.n_layers)
-    ref_params = result.module_bytes.get("reference", 0) // max(1, _itemsize(cfg))
-    host = host_ram_per_node(cfg, args, machine.checkpoint_dtype, ref_params)
+    host = host_ram_per_node(args, dtype, result.module_bytes.get("reference", 0))
     plan.host_ram_gb_per_node = round(host / GB, 4)
     if fix and plan.fits is False:
         plan.fix = find_fix(cfg, machine, policy_shape, reference_shape)
     return plan
-
-
-def _itemsize(cfg: DictConfig) -> int:
-    import torch
-
-    return torch.empty((), dtype=resolve_dtype(cfg.models.reference.dtype)).element_size()
 
 
 def _components(result: RankResult) -> dict[str, float]:
@@ -96,7 +89,7 @@ def _components(result: RankResult) -> dict[str, float]:
     if b:  # its weights are tracked as parameters; shown on their own
         out["parameters"] = out.get("parameters", 0.0) - b / GB
         out["value head"] = b / GB
-    if result.module_bytes.get("reference"):  # not resident during training (rho1 scores
+    if result.module_bytes.get("reference"):  # resident in rho1's scoring pass only
         out["reference model (scoring pass only)"] = result.module_bytes["reference"] / GB
     return {k: round(v, 6) for k, v in out.items() if v}
 
@@ -111,7 +104,6 @@ def _comm_seconds(result: RankResult, machine: Machine) -> tuple[float, float]:
     exposed = overlapped = 0.0
     for op, b in result.comm_bytes.items():
         kind = next((k for k in BUS_FACTOR if k in op.replace("_", "")), None)
-        kind = kind or next((k for k in BUS_FACTOR if k.replace("_", "") in op), None)
         if kind is None:
             continue
         t = BUS_FACTOR[kind] * ring * b / (machine.interconnect_gbps * GB)
