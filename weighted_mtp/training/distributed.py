@@ -12,8 +12,9 @@ so the summed gradient equals the single-process gradient of the same global bat
 several backward passes per micro-batch, and DDP's reducer fires per backward pass.)
 
 ``runtime.distributed=fsdp`` shards the policy with FSDP2 instead (see
-:mod:`weighted_mtp.training.fsdp`: one reduce-scatter per unit per optimizer step); only
-parameters outside it (a value head) are still summed here.
+:mod:`weighted_mtp.training.fsdp`: every unit's gradient reduce-scattered once per
+micro-batch, during its backward); only parameters outside it (a value head) are still
+summed here. :mod:`weighted_mtp.training.parallel` chooses between the two.
 """
 
 from __future__ import annotations
