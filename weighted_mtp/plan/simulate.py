@@ -37,6 +37,8 @@ from weighted_mtp.training.runtime import amp_dtype
 from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task
 
+CUDA = torch.device("cuda")
+
 
 @dataclass
 class RankResult:
@@ -171,7 +173,8 @@ def run_rank(
     for m in modules.values():
         m.to(device).train()
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, t_cfg.learning_rate, t_cfg.weight_decay, device)
+    # the optimizer the cluster builds (fused AdamW on CUDA: no full-size temporaries)
+    optimizer = build_optimizer(params, t_cfg.learning_rate, t_cfg.weight_decay, CUDA)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     module_bytes = {"policy": local_bytes(model.parameters())}
     if task.value_head is not None:
