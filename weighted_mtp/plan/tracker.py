@@ -100,6 +100,13 @@ class _Classify:
                 self._peak_mem[dev] = snap[TOTAL]  # type: ignore[attr-defined]
                 self._peak_mem_snap[dev] = dict(snap)  # type: ignore[attr-defined]
 
+    def _track_module_params_and_buffers(  # type: ignore[override]
+        self, module: nn.Module, install_grad_hooks: bool = True
+    ) -> tuple[int, int]:
+        # frozen weights (critic's policy, rho1's reference) take no gradient hooks
+        trained = all(p.requires_grad for p in module.parameters())
+        return super()._track_module_params_and_buffers(module, install_grad_hooks and trained)  # type: ignore[misc]
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = super().__torch_dispatch__(func, types, args, kwargs)  # type: ignore[misc]
         if func.namespace == "c10d":
