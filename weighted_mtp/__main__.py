@@ -3,7 +3,7 @@
 Commands:
   train            --config FILE [--override key=value ...]   run the config's stage
   validate-config  --config FILE [--override key=value ...]   check a config, print a summary
-  setup / prepare / export / evaluate / checkpoint / compare  see ``--help`` of each
+  setup / prepare / export / evaluate / checkpoint / compare / plan   see ``--help`` of each
 
 Each command other than train / validate-config lives in its own module (``COMMANDS``),
 which exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -67,6 +67,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "weighted_mtp.evaluation.cli",
     "checkpoint": "weighted_mtp.training.checkpoint.migrate",
     "compare": "weighted_mtp.compare",
+    "plan": "weighted_mtp.plan.command",
 }
 
 

@@ -19,7 +19,9 @@ import sys
 import time
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from weighted_mtp import app, sweep
 from weighted_mtp.config import overrides as ov
@@ -192,6 +194,27 @@ def evaluate_main() -> None:
         if exc.code == 1 and not _task_started:  # composition error: a user error
             sys.exit(USER_ERROR_EXIT_CODE)
         raise
+
+
+def plan_main() -> None:
+    """``wmtp-plan stage=rho1 profile=vessl [--gpus 4 --json ...]``: the plan command on a
+    config composed from conf/ (Hydra overrides; plan options start with ``--``)."""
+    import argparse
+
+    from weighted_mtp.config.loader import compose
+    from weighted_mtp.plan.command import add_plan_arguments, plan_and_print
+
+    parser = argparse.ArgumentParser(
+        prog="wmtp-plan", description="memory/time plan of a composed config (fake tensors)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    add_plan_arguments(parser)
+    args = parser.parse_args()
+    try:
+        sys.exit(plan_and_print(compose(args.overrides), args))
+    except (UserError, HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 if __name__ == "__main__":

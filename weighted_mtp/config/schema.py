@@ -108,6 +108,9 @@ class TrainingConfig:
     min_lr_ratio: float = 0.0  # cosine/linear decay floor, as a share of learning_rate
     eval_samples: int = 64  # validation records scored at each checkpoint interval
     activation_checkpointing: bool = False
+    # with activation_checkpointing: how many blocks recompute in backward, trunk blocks
+    # first (selective checkpointing, less recompute); None = every block
+    activation_checkpointing_blocks: int | None = None
     # value head targets (critic, verifiable): TD(lambda); gamma=lam=1 is Monte-Carlo R
     gamma: float = 1.0
     lam: float = 1.0
@@ -145,6 +148,9 @@ class RuntimeConfig:
     amp_dtype: str = "bfloat16"  # bfloat16 (autocast) | float16 (autocast + grad scaler)
     # data parallelism under torchrun/Slurm: ddp (a replica per rank) | fsdp (FSDP2 shards)
     distributed: str = "ddp"
+    # memory of one GPU in GB: when set, validation plans the run (weighted_mtp.plan, fake
+    # tensors) and fails if it would not fit; None = not checked
+    gpu_memory_gb: float | None = None
 
 
 @dataclass

@@ -116,8 +116,14 @@ class _Checker:
             )
 
 
-def validate(cfg: DictConfig, *, check_paths: bool = True, source: str = "config") -> None:
-    """Raise :class:`ConfigValidationError` listing every problem in ``cfg``."""
+def validate(
+    cfg: DictConfig, *, check_paths: bool = True, source: str = "config", plan: bool = True
+) -> None:
+    """Raise :class:`ConfigValidationError` listing every problem in ``cfg``.
+
+    With ``runtime.gpu_memory_gb`` set (and ``plan``), a config without other problems is
+    also planned (``weighted_mtp.plan``): a run that would not fit is a problem too.
+    """
     c = _Checker(cfg)
     for key in REQUIRED:
         c.require(key)
@@ -141,8 +147,39 @@ def validate(cfg: DictConfig, *, check_paths: bool = True, source: str = "config
             c.path("models.reference.path", "reference model")
         if stage == "verifiable":
             c.path("experiment.critic_checkpoint", "critic checkpoint")
+    if plan and not c.problems and c.get("runtime.gpu_memory_gb") is not None:
+        _check_plan(c)
     if c.problems:
         raise ConfigValidationError(c.problems, source)
+
+
+def _check_plan(c: _Checker) -> None:
+    """Simulate the run (fake tensors, no weights read) and fail when it would not fit."""
+    import sys
+
+    from weighted_mtp.plan.build import Machine, make_plan
+    from weighted_mtp.training.distributed import env_info
+
+    memory = float(c.get("runtime.gpu_memory_gb"))
+    c.range("runtime.gpu_memory_gb", memory > 0, "> 0", "80")
+    if memory <= 0:
+        return
+    info = env_info()
+    gpus = info.world_size if info.enabled else Machine.gpus
+    try:
+        result = make_plan(c.cfg, Machine(gpus=gpus, gpus_per_node=gpus, gpu_memory_gb=memory))
+    except UserError as exc:  # no shape file: say so, but do not block the run
+        print(f"warning: runtime.gpu_memory_gb is set but the run was not planned: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return
+    if result.fits is False:
+        c.add(
+            "runtime.gpu_memory_gb",
+            memory,
+            f"the plan of this config on {gpus} GPUs needs {result.per_gpu_peak_gb:.1f} GB per "
+            f"GPU, more than {memory:g} GB less 10% headroom",
+            f"{result.fix} (see python -m weighted_mtp plan)",
+        )
 
 
 def _num(c: _Checker, key: str) -> float | None:
@@ -170,6 +207,7 @@ def _check_ranges(c: _Checker) -> None:
         ("checkpoint.save_total_limit", ">= 0 (0: keep every periodic checkpoint)"),
         ("training.weight_decay", ">= 0"),
         ("models.value_head.hidden_dim", ">= 0 (0: the model's dim)"),
+        ("training.activation_checkpointing_blocks", ">= 0 (null: every block)"),
     ):
         v = _num(c, key)
         c.range(key, v is None or v >= 0, rule, "0")

@@ -202,6 +202,7 @@ class MTPTransformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.activation_checkpointing = False
+        self._checkpointed: set[int] = set()  # id() of the blocks recomputed in backward
         if dtype is not None:
             self.to(dtype)
 
@@ -210,9 +211,15 @@ class MTPTransformer(nn.Module):
         """Head k (0-based) predicts token t+k+1: [layers[-1], *extra_heads]."""
         return [self.layers[-1], *self.extra_heads]
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each block's activations in backward instead of storing them."""
-        self.activation_checkpointing = enabled
+    def set_activation_checkpointing(self, enabled: bool, blocks: int | None = None) -> None:
+        """Recompute block activations in backward instead of storing them: every block,
+        or (``blocks``) only the first ``blocks`` of trunk blocks then head blocks (a trunk
+        block's activations live until the trunk's backward; a head block's only during its
+        own head's pass, so checkpointing trunk blocks saves the most)."""
+        order = [*self.layers[:-1], *self.head_blocks()]
+        n = len(order) if blocks is None else max(0, min(blocks, len(order)))
+        self._checkpointed = {id(b) for b in order[:n]} if enabled else set()
+        self.activation_checkpointing = bool(self._checkpointed)
 
     def context(
         self,
@@ -229,7 +236,7 @@ class MTPTransformer(nn.Module):
     def run_block(
         self, block: TransformerBlock, x: Tensor, ctx: AttnContext, cache: KVCache | None = None
     ) -> Tensor:
-        if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+        if id(block) in self._checkpointed and torch.is_grad_enabled() and cache is None:
             return checkpoint(block, x, ctx, use_reentrant=False)
         return block(x, ctx, cache)
 

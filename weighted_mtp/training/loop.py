@@ -111,7 +111,9 @@ def _train(
     reader = CheckpointReader(cfg.models.policy.path)
     reader.check(vocab_size=tokenizer.vocab_size)
     model = meta_model(reader, resolve_dtype(cfg.models.policy.dtype))
-    model.set_activation_checkpointing(t_cfg.activation_checkpointing)
+    model.set_activation_checkpointing(
+        t_cfg.activation_checkpointing, t_cfg.activation_checkpointing_blocks
+    )
     task = build_task(cfg, model, tokenizer, device)
     task.check_inputs()
     if not task.train_policy:

@@ -1,0 +1,246 @@
+"""From a composed config to a :class:`~weighted_mtp.plan.report.Plan`.
+
+Memory, FLOPs and collectives come from :func:`~weighted_mtp.plan.simulate.simulate_rank`
+(the loop's own step on fake tensors). Time is derived from them at a stated MFU and
+interconnect bandwidth. When the run does not fit, :func:`find_fix` simulates the changes
+a user would make, cheapest first, and names the first one that fits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from weighted_mtp.models.formats import resolve_dtype
+from weighted_mtp.plan import shapes
+from weighted_mtp.plan.host import host_ram_per_node
+from weighted_mtp.plan.report import GB, HEADROOM, Plan
+from weighted_mtp.plan.simulate import RankResult, simulate_rank
+
+# tracker category -> the plan's component (value head / reference split from parameters)
+COMPONENTS = {
+    "Parameter": "parameters",
+    "Sharded Param": "parameters",
+    "Unsharded Param": "parameters (all-gathered)",
+    "Buffer": "activations",
+    "Gradient": "gradients",
+    "Sharded Grad": "gradients",
+    "Unsharded Grad": "gradients (unsharded)",
+    "Activation": "activations",
+    "Temp": "activations",
+    "Inputs": "activations",
+    "Other": "activations",
+    "Optstate": "optimizer state",
+    "OptState": "optimizer state",
+    "Logits": "logits chunks",
+    "Communication": "communication buffers",
+    "All Gather": "communication buffers",
+    "Reduce Scatter": "communication buffers",
+}
+# bytes a ring collective moves per byte of its largest buffer
+BUS_FACTOR = {"allreduce": 2.0, "allgather": 1.0, "reducescatter": 1.0}
+
+
+@dataclass(frozen=True)
+class Machine:
+    gpus: int = 4
+    gpus_per_node: int = 4
+    gpu_memory_gb: float | None = None
+    peak_tflops: float = 312.0  # A100 dense bf16
+    mfu: float = 0.4
+    interconnect_gbps: float = 200.0  # NCCL bus bandwidth, GB/s (A100 NVLink)
+    checkpoint_dtype: str = "bfloat16"  # dtype of the policy's weights on disk
+
+
+def make_plan(
+    cfg: DictConfig,
+    machine: Machine,
+    policy_shape: str | None = None,
+    reference_shape: str | None = None,
+    fix: bool = True,
+) -> Plan:
+    policy = shapes.resolve(policy_shape, cfg.models.policy.path, "params.json", "policy")
+    reference = None
+    if cfg.experiment.stage == "rho1":
+        reference = shapes.resolve(
+            reference_shape, cfg.models.reference.path, "config.json", "reference"
+        )
+    args = shapes.policy_args(policy)
+    dtype = resolve_dtype(machine.checkpoint_dtype)
+    result = simulate_rank(cfg, args, reference.data if reference else None, machine.gpus, 0, dtype)
+    ref_source = reference.source if reference else None
+    plan = _assemble(cfg, machine, result, policy.source, ref_source, args.n_layers)
+    host = host_ram_per_node(args, dtype, result.module_bytes.get("reference", 0))
+    plan.host_ram_gb_per_node = round(host / GB, 4)
+    if fix and plan.fits is False:
+        plan.fix = find_fix(cfg, machine, policy_shape, reference_shape)
+    return plan
+
+
+def _components(result: RankResult) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for cat, b in result.categories.items():
+        name = COMPONENTS.get(cat, "activations")
+        out[name] = out.get(name, 0.0) + b / GB
+    b = result.module_bytes.get("value_head", 0)
+    if b:  # its weights are tracked as parameters; shown on their own
+        out["parameters"] = out.get("parameters", 0.0) - b / GB
+        out["value head"] = b / GB
+    if result.module_bytes.get("reference"):  # resident in rho1's scoring pass only
+        out["reference model (scoring pass only)"] = result.module_bytes["reference"] / GB
+    return {k: round(v, 6) for k, v in out.items() if v}
+
+
+def _comm_seconds(result: RankResult, machine: Machine) -> tuple[float, float]:
+    """(exposed, overlapped) seconds of this step's collectives at the interconnect speed.
+    ddp's gradient all-reduce runs after every micro-batch (exposed); FSDP's all-gathers and
+    reduce-scatters are prefetched / issued during backward (overlapped with compute)."""
+    if machine.gpus <= 1:
+        return 0.0, 0.0
+    ring = (machine.gpus - 1) / machine.gpus
+    exposed = overlapped = 0.0
+    for op, b in result.comm_bytes.items():
+        kind = next((k for k in BUS_FACTOR if k in op.replace("_", "")), None)
+        if kind is None:
+            continue
+        t = BUS_FACTOR[kind] * ring * b / (machine.interconnect_gbps * GB)
+        if kind == "allreduce":
+            exposed += t
+        else:
+            overlapped += t
+    return exposed, overlapped
+
+
+def _assemble(
+    cfg: DictConfig,
+    machine: Machine,
+    result: RankResult,
+    policy: str,
+    reference: str | None,
+    n_blocks: int,
+) -> Plan:
+    t = cfg.training
+    tokens = t.batch_size * t.gradient_accumulation_steps * machine.gpus * cfg.dataset.max_length
+    compute = result.flops / (machine.peak_tflops * 1e12 * machine.mfu)
+    exposed, overlapped = _comm_seconds(result, machine)
+    comm = exposed + max(0.0, overlapped - compute)
+    step = compute + comm
+    total = max(1, round(cfg.training.n_epochs * cfg.data_sampling.n_samples))
+    steps = (total // machine.gpus) // (t.batch_size * t.gradient_accumulation_steps)
+    train_peak = sum(result.categories.values())
+    return Plan(
+        stage=cfg.experiment.stage,
+        gpus=machine.gpus,
+        distributed=cfg.runtime.distributed,
+        per_gpu_peak_gb=round(result.peak_bytes / GB, 6),
+        training_peak_gb=round(train_peak / GB, 6),
+        validation_peak_gb=round(result.validation_peak_bytes / GB, 6),
+        reference_pass_peak_gb=round(result.reference_peak_bytes / GB, 6),
+        gpu_memory_gb=machine.gpu_memory_gb,
+        components=_components(result),
+        host_ram_gb_per_node=0.0,
+        tokens_per_step=tokens,
+        flops_per_step=result.flops * machine.gpus,
+        step_time_s=round(step, 6),
+        compute_time_s=round(compute, 6),
+        comm_time_s=round(comm, 6),
+        optimizer_steps=steps,
+        run_hours=round(steps * step / 3600, 2),
+        mfu=machine.mfu,
+        peak_tflops=machine.peak_tflops,
+        interconnect_gbps=machine.interconnect_gbps,
+        policy_shape=policy,
+        n_blocks=n_blocks,
+        reference_shape=reference,
+        assumptions=_assumptions(cfg, result.validation_peak_bytes > train_peak),
+    )
+
+
+def _assumptions(cfg: DictConfig, validation_is_peak: bool) -> list[str]:
+    out = [
+        f"every sequence fills dataset.max_length ({cfg.dataset.max_length}) and every "
+        "token is a response token (the memory upper bound of a batch)",
+        "simulated on fake CPU tensors with CPU autocast; CUDA allocator fragmentation, the "
+        "CUDA context (~0.5-1 GB) and NCCL's own buffers are outside the figures "
+        f"(hence the {HEADROOM:.0%} headroom)",
+        "FLOPs: matmuls and attention as counted by torch's FlopCounterMode (includes "
+        "activation-checkpoint recomputation); validation time is not included",
+    ]
+    if validation_is_peak:
+        out.append("the peak is validation's (training.batch_size x 4 sequences, no grad)")
+    if cfg.experiment.stage == "rho1":
+        out.append(
+            "rho1: the reference scores the training records before training and is "
+            "released (its pass is planned separately: reference_pass_peak_gb)"
+        )
+    return out
+
+
+def find_fix(
+    cfg: DictConfig, machine: Machine, policy_shape: str | None, reference_shape: str | None
+) -> str:
+    """The first change (cheapest first) whose simulated plan fits, as override text:
+    FSDP; then activation checkpointing on as few blocks as needed; then smaller
+    micro-batches with more accumulation (the same effective batch)."""
+
+    def plan_of(change: dict[str, object]) -> Plan:
+        return make_plan(_with(cfg, change), machine, policy_shape, reference_shape, fix=False)
+
+    def text(change: dict[str, object], plan: Plan) -> str:
+        kv = " ".join(f"{k}={v}" for k, v in change.items())
+        return f"{kv} (plan: {plan.per_gpu_peak_gb:.1f} GB per GPU)"
+
+    change: dict[str, object] = {}
+    if cfg.runtime.distributed == "ddp" and machine.gpus > 1:
+        change["runtime.distributed"] = "fsdp"
+        plan = plan_of(change)
+        if plan.fits:
+            return text(change, plan)
+    b, a = cfg.training.batch_size, cfg.training.gradient_accumulation_steps
+    while True:
+        found = least_checkpointing(cfg, machine, change, plan_of)
+        if found is not None:
+            return text(*found)
+        if b == 1:
+            return "no change found: use more GPUs or GPUs with more memory"
+        b, a = math.ceil(b / 2), a * 2
+        change |= {"training.batch_size": b, "training.gradient_accumulation_steps": a}
+
+
+def least_checkpointing(cfg, machine, change, plan_of) -> tuple[dict, Plan] | None:  # noqa: ANN001
+    """Activation checkpointing on the fewest blocks that fit, or None if all do not: the
+    saving per block is measured (none vs all), the count derived, then simulated."""
+    limit = (1 - HEADROOM) * float(machine.gpu_memory_gb or 0)
+    none = plan_of(change | {"training.activation_checkpointing": False})
+    if none.fits:
+        return change | {"training.activation_checkpointing": False}, none
+    full = {**change, "training.activation_checkpointing": True}
+    full_plan = plan_of(full | {"training.activation_checkpointing_blocks": None})
+    if not full_plan.fits:
+        return None
+    n_blocks = _n_blocks(full_plan)
+    per_block = (none.per_gpu_peak_gb - full_plan.per_gpu_peak_gb) / n_blocks
+    need = math.ceil((none.per_gpu_peak_gb - limit) / max(per_block, 1e-9))
+    for n in (need, need + 2):
+        if n >= n_blocks:
+            break
+        part = full | {"training.activation_checkpointing_blocks": n}
+        plan = plan_of(part)
+        if plan.fits:
+            return part, plan
+    return full, full_plan
+
+
+def _n_blocks(plan: Plan) -> int:
+    """Blocks of the planned policy (trunk + heads)."""
+    return int(plan.n_blocks)
+
+
+def _with(cfg: DictConfig, change: dict[str, object]) -> DictConfig:
+    new = copy.deepcopy(cfg)
+    for key, value in change.items():
+        OmegaConf.update(new, key, value)
+    return new

@@ -1,0 +1,131 @@
+"""The simulated machine: fake tensors, a fake process group, worst-case data answers.
+
+Nothing here allocates real memory for the model: every tensor created under
+:func:`fake_world` is a ``FakeTensor`` (shape, dtype, device; no storage), and every
+collective goes to torch's ``fake`` backend (a no-op process group of any world size).
+
+Data-dependent operations have no answer on fake tensors (how many targets are valid?).
+:class:`WorstCaseData` answers them as if every position were a valid target: a boolean
+selection keeps every element, ``nonzero`` returns every index, a tensor read as a Python
+number is 1 (True for a boolean). That is the memory upper bound of a batch whose every
+sequence fills ``dataset.max_length``, which is what the plan reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    unset_fake_temporarily,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+class WorstCaseData(TorchDispatchMode):
+    """Answers data-dependent ops on fake tensors as if every element were selected."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        try:
+            return func(*args, **kwargs)
+        except (DynamicOutputShapeException, DataDependentOutputException):
+            pass
+        if func is aten._local_scalar_dense.default:
+            t = args[0]
+            return True if t.dtype == torch.bool else (1.0 if t.is_floating_point() else 1)
+        if func is aten.nonzero.default:
+            t = args[0]
+            return torch.empty((t.numel(), t.dim()), dtype=torch.long, device=t.device)
+        if func is aten.masked_select.default:
+            t, mask = args
+            return t.new_empty(torch.broadcast_shapes(t.shape, mask.shape).numel())
+        if func is aten.index.Tensor:
+            return _index_all(*args)
+        raise NotImplementedError(f"the plan cannot simulate the data-dependent op {func}")
+
+
+def _index_all(t: torch.Tensor, indices: list[torch.Tensor | None]) -> torch.Tensor:
+    """``t[bool_mask, ...]`` with every element of the mask True."""
+    shape: list[int] = []
+    dim = 0
+    for idx in indices:
+        if idx is None:
+            shape.append(t.shape[dim])
+            dim += 1
+        elif idx.dtype == torch.bool:
+            shape.append(idx.numel())
+            dim += idx.dim()
+        else:
+            shape.extend(idx.shape)
+            dim += 1
+    shape.extend(t.shape[dim:])
+    return t.new_empty(shape)
+
+
+@contextlib.contextmanager
+def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
+    """torch.distributed initialised on the ``fake`` backend (collectives do nothing)."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("the plan needs its own process group; one is already running")
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class _ShortMemo(OrderedDict):
+    """FakeTensorMode's memo of converted tensors, holding the last few strongly.
+
+    The mode's own memo holds a *weak* reference to the fake tensor behind every
+    ``nn.Parameter`` it creates, and ``Module.to()`` / ``.float()`` must swap fake
+    parameters, which ``torch.utils.swap_tensors`` refuses while a weak reference exists.
+    The memo is only read within one conversion, so the last few entries are enough.
+    """
+
+    SIZE = 16
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.SIZE:
+            self.popitem(last=False)
+
+
+def real_mesh(init_mesh: Callable[..., Any]) -> Callable[..., Any]:
+    """``init_device_mesh`` computed on real tensors (its rank coordinates are data)."""
+
+    def init(*args: Any, **kwargs: Any) -> Any:
+        with unset_fake_temporarily():
+            return init_mesh(*args, **kwargs)
+
+    return init
+
+
+@contextlib.contextmanager
+def fake_world(rank: int, world_size: int) -> Iterator[FakeTensorMode]:
+    """Fake tensors + worst-case data answers + (world_size > 1) a fake process group."""
+    group = fake_process_group(rank, world_size) if world_size > 1 else contextlib.nullcontext()
+    with group, FakeTensorMode(allow_non_fake_inputs=True) as mode, WorstCaseData():
+        mode.fake_tensor_converter.meta_converter.tensor_memo = _ShortMemo()
+        yield mode
+
+
+def local_bytes(tensors: Any) -> int:
+    """Bytes this rank holds for ``tensors`` (a DTensor counts its local shard only)."""
+    total = 0
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        total += local.numel() * local.element_size()
+    return total
