@@ -127,7 +127,10 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     one rank pads."""
     common = [
         "data_sampling.n_samples=8",
-        "training.learning_rate=1e-2",
+        # AdamW moves every weight by ~lr per step whatever its gradient's size, so
+        # float-summation-order noise in tiny gradients shows up at ~lr scale: 1e-3 keeps
+        # that floor below the 1e-5 bound while every weight still moves by ~1e-3
+        "training.learning_rate=1e-3",
         "training.eval_samples=5",
         "mlflow.experiment=dist",
     ]
