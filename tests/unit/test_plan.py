@@ -94,3 +94,32 @@ def test_selective_checkpointing_same_gradients() -> None:
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
     torch.testing.assert_close(grads[0], grads[2])
+
+
+def test_plan_rho1_step_scope_on_several_ranks(tmp_path: Path, shape_dir: Path, capsys) -> None:
+    """Rho-1's step-wide selection gathers rows from every rank: planned as the worst case
+    (every rank as many rows), with the reference's scoring pass planned on its own."""
+    ref = tmp_path / "tiny-ref"
+    ref.mkdir()
+    (ref / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+                "num_hidden_layers": 2,
+                "vocab_size": 512,
+                "rms_norm_eps": 1e-5,
+            }
+        )
+    )
+    f = tmp_path / "config.yaml"
+    cfg = _cfg("stage=rho1", "training.selection_scope=step", policy=shape_dir)
+    cfg.models.reference.path = str(ref)
+    OmegaConf.save(cfg, f)
+    code = main(["plan", "--config", str(f), "--gpus", "2", "--gpu-memory-gb", "1000", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["fits"] is True
+    assert out["components"]["reference model (scoring pass only)"] > 0

@@ -113,6 +113,13 @@ def real_mesh(init_mesh: Callable[..., Any]) -> Callable[..., Any]:
     return init
 
 
+def same_rows_everywhere(t: torch.Tensor, info: Any) -> list[torch.Tensor]:
+    """``distributed.all_gather_rows`` on the fake process group: every rank holds as many
+    rows as this one (the worst case), so the gathered list is ``world_size`` buffers of
+    ``t``'s shape, allocated as the real gather allocates them."""
+    return [torch.empty_like(t) for _ in range(info.world_size)]
+
+
 @contextlib.contextmanager
 def fake_world(rank: int, world_size: int) -> Iterator[FakeTensorMode]:
     """Fake tensors + worst-case data answers + (world_size > 1) a fake process group."""

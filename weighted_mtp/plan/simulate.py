@@ -26,9 +26,9 @@ from weighted_mtp.data.collate import Batch
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
-from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh
+from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh, same_rows_everywhere
 from weighted_mtp.plan.tracker import PlainTracker, flop_counter, peak, tracker_for
-from weighted_mtp.training import fsdp
+from weighted_mtp.training import distributed, fsdp
 from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.evaluate import EVAL_BATCH_FACTOR, Validator
 from weighted_mtp.training.optim import build_optimizer
@@ -137,7 +137,11 @@ def simulate_rank(
 ) -> RankResult:
     """Simulate ``rank`` of ``world_size`` on fake tensors (no memory is allocated)."""
     mesh = real_mesh(fsdp.init_device_mesh)
-    with fake_world(rank, world_size), mock.patch.object(fsdp, "init_device_mesh", mesh):
+    with (
+        fake_world(rank, world_size),
+        mock.patch.object(fsdp, "init_device_mesh", mesh),
+        mock.patch.object(distributed, "all_gather_rows", same_rows_everywhere),
+    ):
         info = DistInfo(rank, world_size, rank)
         return run_rank(cfg, policy, reference, info, torch.device("cpu"), checkpoint_dtype)
 
