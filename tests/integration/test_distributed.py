@@ -54,32 +54,7 @@ def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
         f"checkpoint.save_dir={tmp_path}/double",
         f"mlflow.tracking_uri=sqlite:///{tmp_path}/2.db",
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for cfg, launcher in (
-        (single, [sys.executable, "-m", "weighted_mtp"]),
-        (
-            double,
-            [
-                str(Path(sys.executable).with_name("torchrun")),
-                "--nproc_per_node=2",
-                f"--master_port={free_port()}",
-                "-m",
-                "weighted_mtp",
-            ],
-        ),
-    ):
-        f = tmp_path / f"{Path(cfg.checkpoint.save_dir).name}.yaml"
-        f.write_text(OmegaConf.to_yaml(cfg))
-        out = subprocess.run(
-            [*launcher, "train", "--config", str(f)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-    a = ckpt.load(Path(single.checkpoint.save_dir) / "checkpoint_final")
-    b = ckpt.load(Path(double.checkpoint.save_dir) / "checkpoint_final")
+    a, b = launch(single, tmp_path), launch(double, tmp_path, nproc=2)
     assert a["step"] == b["step"] == 2
     worst = max(
         (a["modules"]["policy"][k] - b["modules"]["policy"][k]).abs().max().item()

@@ -147,6 +147,7 @@ class Index:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed (shared by the data index and checkpoint manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):

@@ -8,7 +8,6 @@ file against the manifest before they use it (:class:`Manifest`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp.data.index import sha256_file
 from weighted_mtp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,6 @@ os.umask(_UMASK)
 
 class CheckpointError(UserError):
     """A checkpoint that is incomplete, corrupted, of another format or of another run."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
