@@ -43,9 +43,15 @@ def test_steps_follow_epochs_batch_and_accumulation(make_cfg, overrides, steps) 
     assert app.run(make_cfg("baseline", *overrides))["step"] == steps
 
 
-def test_log_interval(make_cfg) -> None:
+def test_log_interval(make_cfg, capsys) -> None:
     result = app.run(make_cfg("baseline", "training.log_interval=3"))
     assert [h["step"] for h in result["history"] if "train/loss" in h] == [3, 6]
+    # stderr is not a terminal here (as in a Slurm log): no bar redraws, one line per interval
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("baseline ")]
+    assert [line.split()[1] for line in lines] == ["3/8", "6/8", "8/8"]
+    assert all(" loss=" in line and " tok_s=" in line for line in lines)
 
 
 def test_lr_schedule_fields(make_cfg) -> None:

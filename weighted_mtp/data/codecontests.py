@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from weighted_mtp.data.collate import Tokenizer, format_prompt
 from weighted_mtp.data.index import JsonlWriter
 from weighted_mtp.data.records import Record, format_examples
 from weighted_mtp.errors import UserError
+from weighted_mtp.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,7 @@ def convert_split(
     total = sum(f.metadata.num_rows for f in files)
     with (
         JsonlWriter(out_path) as writer,
-        tqdm(
-            total=total, desc=f"codecontests {split}", unit="problem", disable=not progress
-        ) as bar,
+        Progress(total, f"codecontests {split}", "problems", enabled=progress) as bar,
     ):
         for f in files:
             for batch in f.iter_batches(batch_size=batch_size, columns=columns):

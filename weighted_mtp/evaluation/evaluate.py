@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from weighted_mtp.data.records import (
     ReadStats,
@@ -47,6 +46,7 @@ from weighted_mtp.evaluation.sandbox import (
     check_stdio,
     run_many,
 )
+from weighted_mtp.progress import Progress
 
 log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_BINS", "DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
@@ -104,7 +104,7 @@ def score_all(
             if (i, prog) not in unique:
                 unique[(i, prog)] = len(jobs)
                 jobs.append(functools.partial(score_program, problems[i], prog, limits))
-    bar = tqdm(total=len(jobs), desc="execute", unit="prog", dynamic_ncols=True)
+    bar = Progress(len(jobs), "execute", "programs")
 
     def tick(job):
         def run():
@@ -195,7 +195,7 @@ def sample_programs(
     seed_gen = torch.Generator().manual_seed(cfg.seed)
     top = torch.iinfo(torch.int64).max
     seeds = torch.randint(top, (len(prompts),), generator=seed_gen).tolist()
-    bar = tqdm(total=len(prompts), desc="generate", unit="sample", dynamic_ncols=True)
+    bar = Progress(len(prompts), "generate", "samples")
     t0 = time.perf_counter()
     outs = generate_batched(
         model, prompts, params, tok.eos_id, seeds, cfg.batch_size, on_batch=bar.update

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
@@ -30,6 +28,7 @@ from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, meta_model
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer, policy_tokenizer_path
+from weighted_mtp.progress import Progress
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.evaluate import Validator
@@ -159,14 +158,10 @@ def _train(
     it = iter(sampler)
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
-    bar = tqdm(
-        total=plan.total_steps,
-        initial=step,
-        desc=cfg.experiment.stage,
-        file=sys.stderr,
-        disable=None if info.is_main else True,
-        dynamic_ncols=True,
-    )
+    bar = Progress(
+        plan.total_steps, cfg.experiment.stage, "steps", initial=step,
+        every=t_cfg.log_interval, enabled=info.is_main,
+    )  # fmt: skip
     tokens, t0 = 0.0, time.perf_counter()
     while step < plan.total_steps:
         batches = [
@@ -185,19 +180,16 @@ def _train(
                 f"the last good checkpoint in {saver.save_dir} is unchanged"
             ) from None
         totals = res.totals
-        loss, step_tokens = totals["loss"], totals["tokens"]
+        step_tokens = totals["tokens"]
         scheduler.step()
         step += 1
         tokens += step_tokens
         metrics = _step_metrics(totals, task, res.grad_norm, scheduler, sampler)
         metrics["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        bar.update(1, _status(metrics))
         if step % t_cfg.log_interval == 0:
             history.append({"step": step, **metrics})
             tracker.log_metrics(metrics, step)
-            if bar.disable and info.is_main:
-                log.info("step %d/%d %s", step, plan.total_steps, _fmt(metrics))
         interval = plan.checkpoint_interval
         if interval and step % interval == 0 and step < plan.total_steps:
             val = _validate(validator, model, parallel)
@@ -247,6 +239,14 @@ def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> di
     if task.weighting is not None:
         m |= {f"train/{k}": v for k, v in task.weighting.stats().items()}
     return m
+
+
+def _status(m: dict[str, float]) -> str:
+    """The step's one-line summary (progress bar postfix, or the log line of a non-TTY)."""
+    return (
+        f"loss={m['train/loss']:.4f} grad_norm={m['train/grad_norm']:.3g} "
+        f"lr={m['train/lr']:.3g} tok_s={m['tokens_per_s']:.0f}"
+    )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -1,0 +1,82 @@
+"""Progress that reads well where it lands: a bar on a terminal, plain lines in a log file.
+
+A tqdm bar redraws itself with carriage returns; written to a file (a Slurm ``.err``, a
+VESSL log, ``make demo > log``) every redraw stays, thousands of ``\\r`` frames on one
+line. :class:`Progress` draws the bar only when its stream is a terminal; otherwise it
+writes one plain line every ``every`` updates and one at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal (a bar can redraw in place)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+class Progress:
+    """Progress of ``total`` units of work named ``desc``.
+
+    On a terminal: a tqdm bar, ``status`` as its postfix. Elsewhere: the line
+    ``"<desc> <n>/<total> <unit> <status>"`` each time ``n`` reaches a multiple of ``every``
+    (default: a tenth of ``total``) and when it reaches ``total``. ``enabled=False``
+    writes nothing (e.g. any rank but 0).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "it",
+        *,
+        initial: int = 0,
+        every: int | None = None,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.every = max(1, every if every is not None else total // 10)
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self._lock = threading.Lock()  # updates may come from worker threads
+        self.bar: tqdm | None = None
+        if enabled and is_terminal(self.stream):
+            self.bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
+                dynamic_ncols=True,
+            )  # fmt: skip
+
+    def update(self, n: int = 1, status: str = "") -> None:
+        """Count ``n`` more units done; ``status`` is a short ``key=value`` summary."""
+        with self._lock:
+            before, self.n = self.n, self.n + n
+            if self.bar is not None:
+                if status:
+                    self.bar.set_postfix_str(status, refresh=False)
+                self.bar.update(n)
+            elif self.enabled and (
+                self.n // self.every > before // self.every or before < self.total <= self.n
+            ):
+                line = f"{self.desc} {self.n}/{self.total} {self.unit}"
+                print(f"{line} {status}" if status else line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
