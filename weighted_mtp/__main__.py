@@ -19,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, user_error_in
+from weighted_mtp.errors import USER_ERROR_EXIT_CODE, run_reported
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,23 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from weighted_mtp.training.loop import TrainingDiverged
-
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        user = user_error_in(exc)  # e.g. a plugin's UserError wrapped by instantiate
-        if user is None:
-            raise
-        print(f"error: {user}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
+    return run_reported(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from weighted_mtp import app, sweep
+from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
-from weighted_mtp.config.validate import CONF_DIR
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, user_error_in
-from weighted_mtp.training.loop import TrainingDiverged
+from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, report, run_reported, user_error_in
 
 log = logging.getLogger("weighted_mtp.cli")
 _task_started = False
@@ -96,28 +95,19 @@ def _hydra_main(cfg: DictConfig) -> object:
     t0 = time.perf_counter()
     try:
         result = app.run(structured(cfg), source=_source(job))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sweep.write_result(cfg, job, error=exc, user_error=True, elapsed_s=_since(t0))
-        if job.multirun:
-            return None  # shown as failed in the sweep summary; the other jobs go on
-        sys.exit(USER_ERROR_EXIT_CODE)
     except Exception as exc:
-        user = user_error_in(exc)  # e.g. a plugin's UserError wrapped by instantiate
-        if user is not None:
-            print(f"error: {user}", file=sys.stderr, flush=True)
-            sweep.write_result(cfg, job, error=user, user_error=True, elapsed_s=_since(t0))
-            if job.multirun:
-                return None
-            sys.exit(USER_ERROR_EXIT_CODE)
-        sweep.write_result(cfg, job, error=exc, elapsed_s=_since(t0))
-        if not job.multirun and isinstance(exc, TrainingDiverged):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(1)
+        user = user_error_in(exc)  # itself, or e.g. a plugin's wrapped by instantiate
+        code = report(exc)
+        sweep.write_result(
+            cfg, job, error=user or exc, user_error=user is not None, elapsed_s=_since(t0)
+        )
         if not job.multirun:
-            raise
-        log.exception("job %d failed", job.num)
-        return None
+            if code is None:
+                raise
+            sys.exit(code)
+        if code is None:
+            log.exception("job %d failed", job.num)
+        return None  # shown as failed in the sweep summary; the other jobs go on
     sweep.write_result(cfg, job, result, elapsed_s=_since(t0))
     return result
 
@@ -139,8 +129,7 @@ def main() -> None:
     try:
         args = _translate_argv(sys.argv[1:])
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        sys.exit(report(exc))
     sys.argv = [sys.argv[0], *args]
     try:
         _hydra_main()
@@ -173,9 +162,10 @@ def _hydra_evaluate(cfg: DictConfig) -> dict:
     _task_started = True
     try:
         summary = evaluate_config(cfg)
-    except (UserError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT_CODE)
+    except ValueError as exc:  # a value evaluate_config cannot use
+        sys.exit(report(UserError(str(exc))))
+    except UserError as exc:
+        sys.exit(report(exc))
     print(format_summary(summary, list(cfg.evaluation.ks)))
     print(f"results in {cfg.evaluation.out_dir}", flush=True)
     return summary
@@ -188,8 +178,7 @@ def evaluate_main() -> None:
         sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], "evaluate")]
         _hydra_evaluate()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_CODE)
+        sys.exit(report(exc))
     except SystemExit as exc:
         if exc.code == 1 and not _task_started:  # composition error: a user error
             sys.exit(USER_ERROR_EXIT_CODE)
@@ -210,11 +199,14 @@ def plan_main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     add_plan_arguments(parser)
     args = parser.parse_args()
-    try:
-        sys.exit(plan_and_print(compose(args.overrides), args))
-    except (UserError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT_CODE)
+
+    def body() -> int:
+        try:
+            return plan_and_print(compose(args.overrides), args)
+        except (HydraException, OmegaConfBaseException) as exc:  # a bad override or value
+            raise UserError(str(exc)) from exc
+
+    sys.exit(run_reported(body))
 
 
 if __name__ == "__main__":

@@ -267,17 +267,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _cli() -> int:
     """``python -m weighted_mtp.demo``: user errors and diverged runs without a traceback."""
-    from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError
-    from weighted_mtp.training.loop import TrainingDiverged
+    from weighted_mtp.errors import run_reported
 
-    try:
-        return main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_reported(main)
 
 
 if __name__ == "__main__":

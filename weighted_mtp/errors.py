@@ -1,8 +1,17 @@
-"""User-facing errors: reported as a message (no traceback), exit code 2."""
+"""The errors an entry point reports without a traceback, and the one handler that does.
+
+A :class:`UserError` (bad input) exits with code 2, a :class:`TrainingDiverged` run with
+code 1; both print ``error: <message>`` on stderr. Any other exception is a bug and keeps
+its traceback.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 USER_ERROR_EXIT_CODE = 2
+DIVERGED_EXIT_CODE = 1
 
 
 class UserError(Exception):
@@ -11,6 +20,10 @@ class UserError(Exception):
     The message must name what is wrong (field, file, line) and how to fix it.
     Command-line entrypoints print it without a traceback and exit with code 2.
     """
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops, checkpoints stay as they were."""
 
 
 def user_error_in(exc: BaseException) -> UserError | None:
@@ -24,3 +37,29 @@ def user_error_in(exc: BaseException) -> UserError | None:
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def report(exc: BaseException) -> int | None:
+    """Print ``error: <message>`` for an error reported without a traceback and return its
+    exit code: a UserError (itself or wrapped) 2, TrainingDiverged 1; None (nothing
+    printed) for any other exception."""
+    user = user_error_in(exc)
+    if user is not None:
+        shown, code = user, USER_ERROR_EXIT_CODE
+    elif isinstance(exc, TrainingDiverged):
+        shown, code = exc, DIVERGED_EXIT_CODE
+    else:
+        return None
+    print(f"error: {shown}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_reported(body: Callable[[], int]) -> int:
+    """Run an entry point's ``body``; an error :func:`report` knows becomes its exit code."""
+    try:
+        return body()
+    except Exception as exc:
+        code = report(exc)
+        if code is None:
+            raise
+        return code

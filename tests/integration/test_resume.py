@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from weighted_mtp import app
+from weighted_mtp.errors import TrainingDiverged
 from weighted_mtp.training import checkpoint as ckpt
-from weighted_mtp.training.loop import TrainingDiverged
 from weighted_mtp.weighting import UniformWeighting, WeightingInputs
 
 THIS = "tests.integration.test_resume"

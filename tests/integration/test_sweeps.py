@@ -17,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from tests.conftest import REPO, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
 from weighted_mtp import sweep
+from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config.schema import register_schema
-from weighted_mtp.config.validate import CONF_DIR
 
 WMTP = str(Path(sys.executable).with_name("wmtp"))
 TINY = [

@@ -12,9 +12,9 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import WmtpConfig, register_schema, structured
-from weighted_mtp.config.validate import CONF_DIR
 from weighted_mtp.errors import UserError
 
 

@@ -15,10 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from weighted_mtp.config import checks
+from weighted_mtp.config import CONF_DIR, checks
 from weighted_mtp.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOSS_TYPES = ("mse", "huber", "mae")

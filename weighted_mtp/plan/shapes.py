@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp.config.validate import CONF_DIR
+from weighted_mtp.config import CONF_DIR
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import ModelArgs
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.sampling import build_sampler
-from weighted_mtp.errors import UserError
+from weighted_mtp.errors import TrainingDiverged, UserError
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, meta_model
@@ -36,7 +36,7 @@ from weighted_mtp.training.optim import build_optimizer, build_scheduler
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everything
-from weighted_mtp.training.step import TrainingDiverged, optimizer_step
+from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task
 from weighted_mtp.training.tracking import Tracker, create_tracker
 
