@@ -204,7 +204,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 def log_mlflow(res: dict[str, Any], out: Path, uri: str, experiment: str) -> None:
-    from weighted_mtp.training.tracking import create_tracker
+    from weighted_mtp.tracking import create_tracker
 
     tracker = create_tracker(
         {

@@ -21,21 +21,16 @@ from tests.helpers.servers import (
     start_moto_server,
 )
 from weighted_mtp.config.schema import structured
-from weighted_mtp.training.tracking import (
-    DEFAULT_EXPERIMENT,
-    FILE_STORE_ENV,
-    HTTP_ENV_DEFAULTS,
-    PARAM_VALUE_MAX,
-    MlflowTracker,
-    NullTracker,
-    Tracker,
-    create_tracker,
-)
+from weighted_mtp.tracking import create_tracker
+from weighted_mtp.tracking.base import NullTracker, Tracker
+from weighted_mtp.tracking.env import FILE_STORE_ENV, HTTP_ENV_DEFAULTS
+from weighted_mtp.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, MlflowTracker
+from weighted_mtp.tracking.params import PARAM_VALUE_MAX
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-LOGGER = "weighted_mtp.training.tracking"
+LOGGER = "weighted_mtp.tracking.mlflow_tracker"
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +78,7 @@ def make_cfg(uri: str, run: str = "run-1", **mlflow: Any) -> Any:
 
 
 def log_some(tracker: Tracker, tmp_path: Path) -> None:
-    """The calls a training loop makes: metrics per step, artifacts, tags, then finish."""
+    """The calls a training loop makes: metrics per step, artifacts, then finish."""
     for step in (1, 2, 3):
         tracker.log_metrics({"train/loss": 2.0 / step, "lr": 1e-5}, step=step)
     report = tmp_path / "report.txt"
@@ -94,8 +89,6 @@ def log_some(tracker: Tracker, tmp_path: Path) -> None:
     (ckpt / "meta.json").write_text("{}")
     tracker.log_artifact(ckpt, artifact_path="checkpoints/step-3")
     tracker.log_dict({"a": 1, "b": [1, 2]}, "config/resolved.yaml")
-    tracker.log_text("notes", "notes.txt")
-    tracker.set_tags({"finished_epochs": 0.5})
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -126,7 +119,6 @@ def check_run(client: MlflowClient, tracker: MlflowTracker, run_name: str = "run
     assert tags["mlflow.note.content"] == "tracking test"
     assert tags["smoke"] == "true" and tags["mtp/4"] == "true"
     assert tags["tags"] == "smoke, mtp/4"
-    assert tags["finished_epochs"] == "0.5"
     history = client.get_metric_history(tracker.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0), (3, 2.0 / 3)]
     assert artifact_paths(client, tracker.run_id) == {
@@ -134,7 +126,6 @@ def check_run(client: MlflowClient, tracker: MlflowTracker, run_name: str = "run
         "report.txt",
         "checkpoints/step-3/meta.json",
         "config/resolved.yaml",
-        "notes.txt",
     }
 
 

@@ -240,7 +240,7 @@ def metrics_of(summary: dict[str, Any], ks: list[int]) -> dict[str, float]:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run one evaluation (see the module docstring); returns the summary."""
-    from weighted_mtp.training.tracking import create_tracker
+    from weighted_mtp.tracking import create_tracker
 
     cfg.check()
     require_isolation(cfg.isolation)  # exit 2 naming the cause; "none" prints a warning

@@ -29,6 +29,8 @@ from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, meta_model
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer, policy_tokenizer_path
 from weighted_mtp.progress import Progress
+from weighted_mtp.tracking import create_tracker
+from weighted_mtp.tracking.base import Tracker
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.evaluate import Validator
@@ -38,7 +40,6 @@ from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everything
 from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task
-from weighted_mtp.training.tracking import Tracker, create_tracker
 
 log = logging.getLogger(__name__)
 
