@@ -23,6 +23,16 @@ PROFILES = ("local", "vessl")
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for this test (tiny models: faster, and immune to a busy
+    machine's barriers) even where OMP_NUM_THREADS asks for more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def path_overrides(tmp_path: Path) -> list[str]:
     """Overrides pointing every path field at existing placeholder files in tmp_path.
 

@@ -14,14 +14,7 @@ from weighted_mtp.data.records import Record, read_records
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's barriers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(root: Path, name: str = "test") -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.models import tiny_mtp
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import (
     load_meta_dir,
@@ -17,7 +18,7 @@ from weighted_mtp.models.formats import (
     save_safetensors,
     shard_dim,
 )
-from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
+from weighted_mtp.models.mtp import MTPTransformer
 
 ARGS = dict(
     dim=32,
@@ -32,9 +33,7 @@ ARGS = dict(
 
 
 def _model(dtype=torch.float32) -> MTPTransformer:
-    m = MTPTransformer(ModelArgs(**ARGS), dtype=dtype)
-    m.init_weights(torch.Generator().manual_seed(0))
-    return m
+    return tiny_mtp(std=0.02, dtype=dtype, **ARGS)
 
 
 def _mapped_file(addr: int) -> str | None:

@@ -8,28 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.models import tiny_mtp
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 
 
 def _model(n_future: int = 3, seed: int = 0, **kw) -> MTPTransformer:
-    args = ModelArgs(
-        **{
-            **dict(
-                dim=32,
-                n_layers=5,
-                n_heads=4,
-                n_kv_heads=2,
-                vocab_size=61,
-                multiple_of=16,
-                n_future_tokens=n_future,
-                rope_theta=1000.0,
-            ),
-            **kw,
-        }
-    )
-    m = MTPTransformer(args)
-    m.init_weights(torch.Generator().manual_seed(seed), std=0.1)
-    return m
+    return tiny_mtp(seed, n_future_tokens=n_future, **kw)
 
 
 def test_ffn_width_rule_and_layout():

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
+from tests.helpers.models import tiny_mtp
+from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.training.losses import (
     backward_trunk,
     mtp_loss,
@@ -19,19 +20,7 @@ from weighted_mtp.training.losses import (
 
 
 def _model(seed: int = 0) -> MTPTransformer:
-    torch.manual_seed(seed)
-    args = ModelArgs(
-        dim=32,
-        n_layers=5,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=97,
-        multiple_of=16,
-        n_future_tokens=3,
-    )
-    m = MTPTransformer(args)
-    m.init_weights(torch.Generator().manual_seed(seed), std=0.1)
-    return m
+    return tiny_mtp(seed, vocab_size=97, rope_theta=10000.0)
 
 
 def _batch(b: int = 3, s: int = 11, v: int = 97, seed: int = 1):

@@ -7,36 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.models import tiny_mtp
 from weighted_mtp.evaluation.generate import SamplingParams, generate
 from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
-from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
+from weighted_mtp.models.mtp import MTPTransformer
 
 VOCAB = 61
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine's barriers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(n_future: int = 4, seed: int = 0) -> MTPTransformer:
-    args = ModelArgs(
-        dim=32,
-        n_layers=6,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=VOCAB,
-        multiple_of=16,
-        n_future_tokens=n_future,
-        rope_theta=1000.0,
-    )
-    m = MTPTransformer(args)
-    m.init_weights(torch.Generator().manual_seed(seed), std=0.1)
-    return m.eval()
+    return tiny_mtp(seed, n_layers=6, vocab_size=VOCAB, n_future_tokens=n_future).eval()
 
 
 def _prompts(n: int, seed: int = 1) -> list[list[int]]:
