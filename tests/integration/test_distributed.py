@@ -12,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from weighted_mtp import app
 from weighted_mtp.training import checkpoint as ckpt
 
 
@@ -74,23 +75,23 @@ def test_two_process_ddp_equals_one_process(make_cfg, tmp_path: Path) -> None:
 
 
 def launch(cfg, tmp_path: Path, nproc: int = 1) -> dict:
-    """Train ``cfg`` in ``nproc`` processes (torchrun + gloo when > 1); the final checkpoint."""
-    f = tmp_path / f"{Path(cfg.checkpoint.save_dir).name}.yaml"
-    f.write_text(OmegaConf.to_yaml(cfg))
-    launcher = [sys.executable, "-m", "weighted_mtp"]
-    if nproc > 1:
+    """Train ``cfg`` in ``nproc`` processes (torchrun + gloo) or, with ``nproc=1``, in this
+    one (one intra-op thread, as the torchrun ranks); the final checkpoint."""
+    if nproc == 1:
+        app.run(cfg)
+    else:
+        f = tmp_path / f"{Path(cfg.checkpoint.save_dir).name}.yaml"
+        f.write_text(OmegaConf.to_yaml(cfg))
         torchrun = str(Path(sys.executable).with_name("torchrun"))
         launcher = [torchrun, f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
-        launcher += ["-m", "weighted_mtp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [*launcher, "train", "--config", str(f)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+        out = subprocess.run(
+            [*launcher, "-m", "weighted_mtp", "train", "--config", str(f)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
     return ckpt.load(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
 
 

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed import free_port, losses  # noqa: E402
 
+from weighted_mtp import app  # noqa: E402
 from weighted_mtp.training import checkpoint as ckpt  # noqa: E402
 
 TORCHRUN = [
@@ -32,6 +33,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _train(cfg, launcher: list[str], tmp_path: Path, name: str) -> None:
+    """Train ``cfg`` under ``launcher`` (torchrun), or in this process when it is empty."""
+    if not launcher:
+        app.run(cfg)
+        return
     f = tmp_path / f"{name}.yaml"
     f.write_text(OmegaConf.to_yaml(cfg))
     out = subprocess.run(
@@ -71,7 +76,7 @@ def test_fsdp_equals_one_process_resumes_and_loads(make_cfg, tmp_path: Path) -> 
         )
 
     fsdp = ["training.batch_size=2", "runtime.distributed=fsdp"]
-    _train(cfg("single", "training.batch_size=4"), [sys.executable], tmp_path, "single")
+    _train(cfg("single", "training.batch_size=4"), [], tmp_path, "single")
     torchrun = [*TORCHRUN, f"--master_port={free_port()}"]
     _train(cfg("fsdp", *fsdp), torchrun, tmp_path, "fsdp")
 
@@ -136,7 +141,7 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
     ]
 
     def run(stage: str, name: str, *extra: str) -> dict:
-        launcher = [sys.executable]
+        launcher = []
         size = ["training.batch_size=4"]
         if name.endswith(("fsdp", "ddp")):
             launcher = [*TORCHRUN, f"--master_port={free_port()}"]
