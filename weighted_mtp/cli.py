@@ -23,11 +23,15 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from weighted_mtp import app, sweep
+from weighted_mtp import app
 from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
 from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, report, run_reported, user_error_in
+from weighted_mtp.sweep.naming import JobInfo, name_job
+from weighted_mtp.sweep.results import write_result
+from weighted_mtp.sweep.summary import STATE as SWEEP
+from weighted_mtp.sweep.summary import write_summary
 
 log = logging.getLogger("weighted_mtp.cli")
 _task_started = False
@@ -90,17 +94,15 @@ def _check_list_indexes(overrides: list[str]) -> None:
 def _hydra_main(cfg: DictConfig) -> object:
     global _task_started
     _task_started = True
-    job = sweep.JobInfo.current()
-    sweep.name_job(cfg, job)
+    job = JobInfo.current()
+    name_job(cfg, job)
     t0 = time.perf_counter()
     try:
         result = app.run(structured(cfg), source=_source(job))
     except Exception as exc:
         user = user_error_in(exc)  # itself, or e.g. a plugin's wrapped by instantiate
         code = report(exc)
-        sweep.write_result(
-            cfg, job, error=user or exc, user_error=user is not None, elapsed_s=_since(t0)
-        )
+        write_result(cfg, job, error=user or exc, user_error=user is not None, elapsed_s=_since(t0))
         if not job.multirun:
             if code is None:
                 raise
@@ -108,11 +110,11 @@ def _hydra_main(cfg: DictConfig) -> object:
         if code is None:
             log.exception("job %d failed", job.num)
         return None  # shown as failed in the sweep summary; the other jobs go on
-    sweep.write_result(cfg, job, result, elapsed_s=_since(t0))
+    write_result(cfg, job, result, elapsed_s=_since(t0))
     return result
 
 
-def _source(job: sweep.JobInfo) -> str:
+def _source(job: JobInfo) -> str:
     """How messages name this run: the command line, or the sweep job and its overrides."""
     if job.multirun:
         swept = job.swept()
@@ -136,13 +138,13 @@ def main() -> None:
     except SystemExit as exc:
         # Hydra exits 1 for composition errors (unknown key, wrong type, bad override):
         # those are user errors, raised before any job starts.
-        started = _task_started or sweep.STATE.launched()
+        started = _task_started or SWEEP.launched()
         if exc.code == 1 and not started:
             sys.exit(USER_ERROR_EXIT_CODE)
-        if exc.code and started and sweep.STATE.sweep_dir is not None and sweep.STATE.rows is None:
-            sweep.write_summary(sweep.STATE.sweep_dir)  # a job died: summarise what exists
+        if exc.code and started and SWEEP.sweep_dir is not None and SWEEP.rows is None:
+            write_summary(SWEEP.sweep_dir)  # a job died: summarise what exists
         raise
-    _exit_for_sweep(sweep.STATE.rows)
+    _exit_for_sweep(SWEEP.rows)
 
 
 def _exit_for_sweep(rows: list[dict] | None) -> None:

@@ -116,7 +116,7 @@ def test_kill_during_save_never_leaves_a_valid_looking_file(tmp_path) -> None:
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from weighted_mtp.training.checkpoint.files import atomic_write_bytes
+        from weighted_mtp.fileio import atomic_write_bytes
         big = b"x" * (256 << 20)
         while True:
             atomic_write_bytes(Path({str(target)!r}), big)

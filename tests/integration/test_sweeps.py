@@ -16,9 +16,10 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
-from weighted_mtp import sweep
 from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config.schema import register_schema
+from weighted_mtp.sweep import naming, summary
+from weighted_mtp.sweep import results as job_results
 
 WMTP = str(Path(sys.executable).with_name("wmtp"))
 TINY = [
@@ -48,12 +49,12 @@ def run_sweep(cwd: Path, storage: Path, *args: str, timeout: int = 240):
 
 
 def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
-    with (sweep_dir / sweep.SUMMARY_FILE).open(newline="") as f:
+    with (sweep_dir / summary.SUMMARY_FILE).open(newline="") as f:
         return list(csv.DictReader(f))
 
 
 def read_result(job_dir: Path) -> dict:
-    return json.loads((job_dir / sweep.RESULT_FILE).read_text())
+    return json.loads((job_dir / job_results.RESULT_FILE).read_text())
 
 
 def assert_ok_jobs(sweep_dir: Path, values: list[str], out) -> list[dict]:
@@ -70,7 +71,7 @@ def assert_ok_jobs(sweep_dir: Path, values: list[str], out) -> list[dict]:
         )
         assert (save_dir / "checkpoint_final" / "manifest.json").is_file()
         assert res["metrics"]["step"] == 4 and res["metrics"]["val/loss"] > 0
-        assert (sweep_dir / str(i) / sweep.HISTORY_FILE).is_file()
+        assert (sweep_dir / str(i) / job_results.HISTORY_FILE).is_file()
     assert len({r["save_dir"] for r in results}) == len(values)
     rows = read_summary(sweep_dir)
     assert [r["job"] for r in rows] == [str(i) for i in range(len(values))]
@@ -160,7 +161,7 @@ def test_crashed_job_without_result_is_listed(tmp_path: Path) -> None:
         (d / ".hydra").mkdir(parents=True)
     (dead / ".hydra" / "overrides.yaml").write_text("- training.beta=0.5\n")
     (dead / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 1\n")
-    (ok / sweep.RESULT_FILE).write_text(
+    (ok / job_results.RESULT_FILE).write_text(
         json.dumps(
             {
                 "job": 0,
@@ -171,21 +172,21 @@ def test_crashed_job_without_result_is_listed(tmp_path: Path) -> None:
         )
     )
     (tmp_path / ".submitit" / "123").mkdir(parents=True)  # not a job dir
-    rows = sweep.write_summary(tmp_path)
+    rows = summary.write_summary(tmp_path)
     assert [(r["job"], r["status"]) for r in rows] == [(0, "ok"), (1, "crashed")]
     assert rows[1]["overrides"] == "training.beta=0.5"
     csv_rows = read_summary(tmp_path)
     assert csv_rows[0]["train_loss"] == "1.5" and csv_rows[1]["status"] == "crashed"
-    table = sweep.format_table(rows)
+    table = summary.format_table(rows)
     assert "training.beta=0.9" in table and "no result.json" in table
 
 
 def test_job_suffix_is_file_name_safe() -> None:
-    assert sweep.job_suffix(3, "") == "3"
-    assert sweep.job_suffix(0, "training.beta=0.5") == "0_training.beta=0.5"
-    assert sweep.job_suffix(1, "dataset.train=/a b/c.jsonl") == "1_dataset.train=_a_b_c.jsonl"
-    long = sweep.job_suffix(2, "x" * 300)
-    assert len(long) == sweep.MAX_SUFFIX and long != sweep.job_suffix(2, "x" * 301)
+    assert naming.job_suffix(3, "") == "3"
+    assert naming.job_suffix(0, "training.beta=0.5") == "0_training.beta=0.5"
+    assert naming.job_suffix(1, "dataset.train=/a b/c.jsonl") == "1_dataset.train=_a_b_c.jsonl"
+    long = naming.job_suffix(2, "x" * 300)
+    assert len(long) == naming.MAX_SUFFIX and long != naming.job_suffix(2, "x" * 301)
 
 
 def test_swept_keys_from_multirun_yaml(tmp_path: Path) -> None:
@@ -202,9 +203,9 @@ def test_swept_keys_from_multirun_yaml(tmp_path: Path) -> None:
             }
         )
     )
-    assert sweep.swept_keys(tmp_path) == {"training.k_percent", "training.temperature"}
-    assert sweep.swept_keys(tmp_path / "none") is None
-    assert sweep.expected_jobs(tmp_path) == [
+    assert naming.swept_keys(tmp_path) == {"training.k_percent", "training.temperature"}
+    assert naming.swept_keys(tmp_path / "none") is None
+    assert naming.expected_jobs(tmp_path) == [
         ["training.temperature=0.5", "stage=rho1", "training.k_percent=0.4"],
         ["training.temperature=0.5", "stage=rho1", "training.k_percent=0.6"],
         ["training.temperature=1.0", "stage=rho1", "training.k_percent=0.4"],
@@ -230,7 +231,7 @@ def test_slurm_presets_compose(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (local.gpus_per_node, local.tasks_per_node, local.partition) == (None, 1, "debug")
     assert list(local.setup) == list(launcher.setup)
     callbacks = _hydra_cfg().hydra.callbacks
-    assert callbacks.sweep_summary._target_ == "weighted_mtp.sweep.SweepSummary"
+    assert callbacks.sweep_summary._target_ == "weighted_mtp.sweep.summary.SweepSummary"
 
 
 def test_python_m_cli_entrypoint() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from weighted_mtp.data.records import ReadStats, Record, parse_line
 from weighted_mtp.errors import UserError
+from weighted_mtp.fileio import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,15 @@ class Index:
         return self.rows["problem"]
 
     def save(self, path: str | Path) -> None:
-        # per-process temp name: ranks that rebuild a missing index at once do not collide
-        tmp = Path(f"{path}.{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            rows=self.rows,
-            problems=np.array(self.problems, dtype=str),
-            file_size=np.int64(self.source["size"]),
-            mtime_ns=np.int64(self.source["mtime_ns"]),
-            sha256=np.array(self.source["sha256"]),
-        )
-        os.replace(tmp, path)
+        with AtomicFile(path) as f:  # ranks that rebuild a missing index at once: no clash
+            np.savez(
+                f,
+                rows=self.rows,
+                problems=np.array(self.problems, dtype=str),
+                file_size=np.int64(self.source["size"]),
+                mtime_ns=np.int64(self.source["mtime_ns"]),
+                sha256=np.array(self.source["sha256"]),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Index | None:
@@ -256,8 +254,8 @@ class JsonlWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
+        self._out = AtomicFile(self.path)
+        self._fh = self._out.file
         self._builder = IndexBuilder(str(self.path))
         self._hash = hashlib.sha256()
         self._offset = 0
@@ -273,8 +271,7 @@ class JsonlWriter:
 
     def close(self) -> Index:
         """Finish the file, move it in place and save its index."""
-        self._fh.close()
-        os.replace(self._tmp, self.path)
+        self._out.commit()
         st = self.path.stat()
         index = self._builder.build(
             {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": self._hash.hexdigest()}
@@ -283,8 +280,7 @@ class JsonlWriter:
         return index
 
     def abort(self) -> None:
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        self._out.discard()
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -12,48 +12,21 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp.data.index import sha256_file
 from weighted_mtp.errors import UserError
+from weighted_mtp.fileio import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "weighted_mtp.checkpoint"
 VERSION = 2
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CheckpointError(UserError):
     """A checkpoint that is incomplete, corrupted, of another format or of another run."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + fsync dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; checkpoints are ordinary files
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:
