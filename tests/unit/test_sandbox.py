@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from weighted_mtp.data.records import humaneval_program, normalize_output, outputs_match
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import isolation
 from weighted_mtp.evaluation.bwrap import BwrapIsolation
@@ -22,8 +23,6 @@ from weighted_mtp.evaluation.sandbox import (
     Limits,
     check_function,
     check_stdio,
-    humaneval_program,
-    normalize_output,
     run_many,
     run_program,
 )
@@ -54,6 +53,10 @@ def test_correct_program_passes_and_output_is_whitespace_normalised() -> None:
     assert res.passed and res.n_passed == 2 and res.n_tests == 2 and res.first_failure is None
     assert normalize_output("a  \r\nb\t\n\n") == "a\nb"
     assert normalize_output("  a") == "  a"  # leading whitespace is significant
+    # only \n separates lines, for evaluation as for label verification (one rule)
+    assert not outputs_match("1\r2", "1\n2") and not outputs_match("1\x0c2", "1\n2")
+    assert outputs_match("1\x0c\r\n2\r\n", "1\n2")
+    assert not check_stdio("print('1\\r2')", [{"input": "", "output": "1\n2"}], FAST).passed
 
 
 def test_wrong_program_fails_and_stops_at_first_failure() -> None:

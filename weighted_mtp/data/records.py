@@ -188,20 +188,21 @@ def read_records(
         yield rec
 
 
+def normalize_output(text: str) -> str:
+    """Program output as label verification and evaluation compare it: ``\\r\\n`` read as
+    ``\\n``, trailing whitespace of every line and trailing empty lines dropped. Only
+    ``\\n`` separates lines: a ``\\r`` or ``\\x0c`` inside a line stays."""
+    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
 def outputs_match(actual: str, expected: str) -> bool:
-    """Compare program output with the expected output, line by line.
-
-    Trailing whitespace on each line and trailing empty lines are ignored; everything
-    else (separators, case, number formatting) must match exactly.
-    """
-
-    def norm(text: str) -> list[str]:
-        lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
-        while lines and not lines[-1]:
-            lines.pop()
-        return lines
-
-    return norm(actual) == norm(expected)
+    """Compare program output with the expected output, line by line
+    (:func:`normalize_output`); everything else (separators, case, number formatting)
+    must match exactly."""
+    return normalize_output(actual) == normalize_output(expected)
 
 
 def kind_of_tests(record: Record) -> str:
@@ -227,7 +228,12 @@ def check_program(record: Record, completion: str) -> str:
     he = record.metadata.get("humaneval")
     if he is None:
         raise ValueError(f"record {record.task_id} has no HumanEval tests (metadata.humaneval)")
-    return f"{he['prompt']}{completion}\n\n{he['test']}\n\ncheck({he['entry_point']})\n"
+    return humaneval_program(he["prompt"], completion, he["test"], he["entry_point"])
+
+
+def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
+    """HumanEval-style program: solution, test code (defining ``check``), ``check(entry)``."""
+    return f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
 
 
 def format_examples(tests: list[dict[str, str]]) -> str:

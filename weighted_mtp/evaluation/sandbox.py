@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from weighted_mtp.data.records import outputs_match
 from weighted_mtp.evaluation.isolation import ISOLATIONS, get_isolation
 
 T = TypeVar("T")
@@ -254,11 +255,6 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
     return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc)
 
 
-def normalize_output(text: str) -> str:
-    """Strip trailing whitespace on every line and trailing blank lines."""
-    return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
-
-
 def _clip(text: str, n: int = 2000) -> str:
     return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
 
@@ -269,18 +265,15 @@ def check_stdio(
     """Run ``source`` on each ``{"input", "output"}`` test; stop at the first failure.
 
     A test passes when the run status is ``"ok"``, output was not truncated and the
-    whitespace-normalised stdout equals the expected output. Raises ValueError on no tests.
+    stdout matches the expected output (:func:`~weighted_mtp.data.records.outputs_match`).
+    Raises ValueError on no tests.
     """
     if not tests:
         raise ValueError("check_stdio needs at least one test; an untested program cannot pass")
     for i, test in enumerate(tests):
         res = run_program(source, test["input"], limits)
         expected = test["output"]
-        if (
-            res.status != "ok"
-            or res.truncated
-            or normalize_output(res.stdout) != normalize_output(expected)
-        ):
+        if res.status != "ok" or res.truncated or not outputs_match(res.stdout, expected):
             fail = Failure(
                 i, res.status, _clip(test["input"]), _clip(expected), _clip(res.stdout),
                 _clip(res.stderr[-4000:]),
@@ -289,13 +282,9 @@ def check_stdio(
     return CheckResult(True, len(tests), len(tests))
 
 
-def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """HumanEval-style program: solution, test code (defining ``check``), ``check(entry)``."""
-    return f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
-
-
 def check_function(program: str, limits: Limits | None = None) -> CheckResult:
-    """Run a self-checking program (see ``humaneval_program``); passes iff it exits 0."""
+    """Run a self-checking program (:func:`~weighted_mtp.data.records.humaneval_program`);
+    passes iff it exits 0."""
     res = run_program(program, "", limits)
     if res.status == "ok":
         return CheckResult(True, 1, 1)

@@ -34,11 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.weighting.base import HeadWeightFn
 
 IGNORE_INDEX = -100
-WeightFn = Callable[[int, Tensor], Tensor]
-"""weight_fn(k, ce) -> weights: k = head index, ce = that head's detached per-token CE
-[B,S] (0 at invalid targets); returns weights [B,S] (treated as constants)."""
 
 
 @dataclass
@@ -99,7 +97,7 @@ def mtp_loss(
     trunk_hidden: Tensor,
     attention_mask: Tensor | None,
     targets: Tensor,
-    weights: Tensor | WeightFn | None = None,
+    weights: Tensor | HeadWeightFn | None = None,
     *,
     denominator: float | Tensor | None = None,
     chunk_size: int = 1024,
@@ -111,7 +109,7 @@ def mtp_loss(
 
     trunk_hidden [B,S,D] (``model.trunk`` output; it is detached here, never modified);
     attention_mask [B,S] or None; targets [B,S,n] (``mtp_targets``); weights [B,S,n], a
-    ``WeightFn`` (called per head with that head's CE, computed first under no_grad), or
+    ``HeadWeightFn`` (called per head with that head's CE, computed first under no_grad), or
     None (all 1). denominator: float or 0-dim tensor (default: number of valid targets).
     chunk_size: tokens per logits chunk (valid tokens only are projected).
     backward=True back-propagates into the head parameters and returns ``trunk_grad``
@@ -203,7 +201,7 @@ def naive_mtp_loss(
     trunk_hidden: Tensor,
     attention_mask: Tensor | None,
     targets: Tensor,
-    weights: Tensor | WeightFn | None = None,
+    weights: Tensor | HeadWeightFn | None = None,
     *,
     denominator: float | Tensor | None = None,
     return_token_ce: bool = False,

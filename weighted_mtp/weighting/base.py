@@ -21,8 +21,9 @@ from torch import Tensor
 
 from weighted_mtp.training.distributed import DistInfo
 
-# (head index k, detached per-token CE of head k [B, S]) -> weights of head k [B, S]
 HeadWeightFn = Callable[[int, Tensor], Tensor]
+"""weight_fn(k, ce) -> weights: k = head index, ce = that head's detached per-token CE
+[B,S] (0 at invalid targets); returns weights [B,S] (treated as constants)."""
 
 
 @dataclass
