@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from weighted_mtp.data.curriculum import DEFAULT_DIFFICULTY_BINS
 from weighted_mtp.data.records import Record, read_records
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
@@ -130,12 +131,12 @@ def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
     assert [c.passed for c in checks[0]] == [True, False]
     row = ev.problem_row(problem, ["a", "b"], checks[0], [1, 2])
     assert row["pass@1"] == 0.5 and row["pass@2"] == 1.0
-    assert ev.summarize([row], [1], ev.DEFAULT_BINS)["unbinned"] == 1  # difficulty 0
+    assert ev.summarize([row], [1], DEFAULT_DIFFICULTY_BINS)["unbinned"] == 1  # difficulty 0
 
 
 def test_integer_bins_put_edges_in_their_bin():
     rows = [{"n": 1, "c": int(d % 2 == 0), "difficulty": d} for d in range(1, 12)]
-    s = ev.summarize(rows, [1], ev.DEFAULT_BINS)
+    s = ev.summarize(rows, [1], DEFAULT_DIFFICULTY_BINS)
     counts = {name: b["n_problems"] for name, b in s["by_difficulty"].items()}
     assert counts == {"low": 3, "medium": 4, "high": 4} and s["unbinned"] == 0
     assert s["by_difficulty"]["low"]["pass@1"] == pytest.approx(1 / 3)

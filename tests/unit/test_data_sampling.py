@@ -181,7 +181,7 @@ def test_bad_schedule_is_a_user_error() -> None:
            {"epoch_range": [0.6, 1.0], "difficulty_weights": {"low": 1.0}}]  # fmt: skip
     with pytest.raises(UserError, match="without gaps"):
         curriculum(make_index(), curriculum_schedule=bad)
-    with pytest.raises(UserError, match="unknown bin"):
+    with pytest.raises(UserError, match="names no difficulty bin"):
         curriculum(make_index(), curriculum_schedule=[
             {"epoch_range": [0.0, 1.0], "difficulty_weights": {"easy": 1.0}}])  # fmt: skip
 

@@ -14,11 +14,14 @@ that needs them.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from weighted_mtp.data.curriculum import DEFAULT_DIFFICULTY_BINS
 
 SCHEMA_NAME = "wmtp_schema"
 EVAL_SCHEMA_NAME = "wmtp_eval_schema"
@@ -87,7 +90,7 @@ class DataSamplingConfig:
     seed: int = 42
     curriculum_learning: bool = False
     difficulty_bins: dict[str, list[int]] = field(
-        default_factory=lambda: {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
+        default_factory=lambda: copy.deepcopy(DEFAULT_DIFFICULTY_BINS)
     )
     curriculum_schedule: list[CurriculumPhase] = field(default_factory=list)
     # drop records outside every bin (with a warning) instead of failing with exit 2
@@ -198,7 +201,7 @@ class EvaluationConfig:
     seed: int = 0
     device: str = "cpu"
     difficulty_bins: dict[str, list[int]] = field(
-        default_factory=lambda: {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
+        default_factory=lambda: copy.deepcopy(DEFAULT_DIFFICULTY_BINS)
     )
     mlflow_uri: str = ""  # "" = off
     mlflow_experiment: str = ""

@@ -16,16 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from weighted_mtp.config import CONF_DIR, checks
+from weighted_mtp.data.curriculum import BINS_KEY, SCHEDULE_KEY, curriculum_problems
 from weighted_mtp.errors import UserError
+from weighted_mtp.models.formats import DTYPE_NAMES
+from weighted_mtp.models.value_head import VALUE_HEAD_TYPES
+from weighted_mtp.training.optim import SCHEDULES as LR_SCHEDULERS
+from weighted_mtp.training.runtime import AMP_DTYPES, DEVICES
+from weighted_mtp.training.value import LOSS_TYPES
+from weighted_mtp.weighting.rho1 import SCOPES as RHO1_SCOPES
 
-DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-LOSS_TYPES = ("mse", "huber", "mae")
-LR_SCHEDULERS = ("cosine", "linear", "constant")
-AMP_DTYPES = ("bfloat16", "float16")
-VALUE_HEADS = ("linear", "mlp")
 PARALLELISMS = ("ddp", "fsdp")
-RHO1_SCOPES = ("step", "micro_batch")
 REQUIRED = (
     "experiment.name",
     "experiment.stage",
@@ -37,7 +37,6 @@ REQUIRED = (
     "training.batch_size",
     "training.learning_rate",
 )
-_SUM_TOL = 1e-6
 
 
 def available_stages() -> list[str]:
@@ -249,14 +248,14 @@ def _check_ranges(c: _Checker) -> None:
             f"must be <= data_sampling.n_samples ({n})",
             f"--override training.batch_size={n} or raise data_sampling.n_samples",
         )
-    c.choice("models.policy.dtype", DTYPES)
-    c.choice("models.reference.dtype", DTYPES)
+    c.choice("models.policy.dtype", DTYPE_NAMES)
+    c.choice("models.reference.dtype", DTYPE_NAMES)
     c.choice("training.loss_type", LOSS_TYPES)
     if c.get("training.selection_scope") is not None:
         c.choice("training.selection_scope", RHO1_SCOPES)
     c.choice("training.lr_scheduler", LR_SCHEDULERS)
-    c.choice("runtime.amp_dtype", AMP_DTYPES)
-    c.choice("models.value_head.type", VALUE_HEADS)
+    c.choice("runtime.amp_dtype", list(AMP_DTYPES))
+    c.choice("models.value_head.type", VALUE_HEAD_TYPES)
     c.choice("runtime.distributed", PARALLELISMS)
     resume = c.get("checkpoint.resume")
     if resume and resume != "auto" and not Path(resume).exists():
@@ -311,88 +310,10 @@ def _check_stage_fields(c: _Checker, stage: str | None) -> None:
 
 
 def _check_curriculum(c: _Checker) -> None:
-    if not c.get("data_sampling.curriculum_learning"):
-        return
-    bins = c.get("data_sampling.difficulty_bins") or {}
-    spans: list[tuple[int, int, str]] = []
-    for name, span in bins.items():
-        key = f"data_sampling.difficulty_bins.{name}"
-        if len(span) != 2 or span[0] > span[1]:
-            c.add(key, list(span), "must be [low, high] with low <= high", f"{key}=[1,3]")
-            continue
-        spans.append((span[0], span[1], name))
-    spans.sort()
-    for (_, hi_a, a), (lo_b, _, b) in zip(spans, spans[1:], strict=False):
-        if lo_b <= hi_a:
-            c.add(
-                f"data_sampling.difficulty_bins.{b}",
-                list(bins[b]),
-                f"overlaps bin {a} {list(bins[a])}",
-                f"make bins disjoint, e.g. start {b} at {hi_a + 1}",
-            )
-
-    schedule = c.get("data_sampling.curriculum_schedule") or []
-    key = "data_sampling.curriculum_schedule"
-    if not schedule:
-        c.add(
-            key,
-            [],
-            "must have at least one phase when curriculum_learning is true",
-            "add phases or --override data_sampling.curriculum_learning=false",
-        )
-        return
-    expected_start = 0.0
-    for i, phase in enumerate(schedule):
-        pk = f"{key}[{i}]"
-        rng = list(phase.epoch_range)
-        if len(rng) != 2 or not rng[0] < rng[1]:
-            c.add(
-                f"{pk}.epoch_range",
-                rng,
-                "must be [start, end] with start < end",
-                f"{pk}.epoch_range=[0.0,0.3]",
-            )
-        else:
-            if not math.isclose(rng[0], expected_start, abs_tol=_SUM_TOL):
-                c.add(
-                    f"{pk}.epoch_range",
-                    rng,
-                    f"must start where the previous phase ends ({expected_start}); phases are "
-                    "ordered and cover [0, 1] without gaps or overlaps",
-                    f"{pk}.epoch_range=[{expected_start},{rng[1]}]",
-                )
-            expected_start = rng[1]
-        weights = dict(phase.difficulty_weights)
-        for name, w in weights.items():
-            if name not in bins:
-                c.add(
-                    f"{pk}.difficulty_weights.{name}",
-                    w,
-                    f"names no difficulty bin (bins: {', '.join(bins)})",
-                    "use a bin name from data_sampling.difficulty_bins",
-                )
-            elif w < 0:
-                c.add(
-                    f"{pk}.difficulty_weights.{name}",
-                    w,
-                    "must be >= 0",
-                    f"{pk}.difficulty_weights.{name}=0.0",
-                )
-        total = sum(weights.values())
-        if not math.isclose(total, 1.0, abs_tol=_SUM_TOL):
-            c.add(
-                f"{pk}.difficulty_weights",
-                weights,
-                f"must sum to 1 (sum is {total:g})",
-                "rescale the phase's weights so they add up to 1",
-            )
-    if not math.isclose(expected_start, 1.0, abs_tol=_SUM_TOL):
-        c.add(
-            f"{key}[{len(schedule) - 1}].epoch_range",
-            list(schedule[-1].epoch_range),
-            "the last phase must end at 1.0 (phases cover [0, 1])",
-            f"{key}[{len(schedule) - 1}].epoch_range=[...,1.0]",
-        )
+    if c.get("data_sampling.curriculum_learning"):
+        bins = c.get(BINS_KEY) or {}
+        for problem in curriculum_problems(bins, c.get(SCHEDULE_KEY) or []):
+            c.add(*problem)
 
 
 def summary(cfg: DictConfig) -> str:

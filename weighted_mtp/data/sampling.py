@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from weighted_mtp.data.curriculum import curriculum_problems
 from weighted_mtp.data.index import Index
 from weighted_mtp.errors import UserError
 
@@ -118,6 +119,11 @@ class RecordSampler:
         self.total = max(1, round(n_epochs * n_samples))
         bins = _plain(difficulty_bins or {}) if curriculum_learning else {}
         phases = _plain(curriculum_schedule or []) if curriculum_learning else []
+        problems = curriculum_problems(bins, phases) if curriculum_learning else []
+        if problems:
+            raise UserError(
+                "; ".join(f"{k} = {v!r}: {rule}. Fix: {fix}" for k, v, rule, fix in problems)
+            )
         self._fingerprint = hashlib.sha256(
             repr(
                 (
@@ -205,33 +211,11 @@ class RecordSampler:
         """[(end position, weight per bin)], in order."""
         if not curriculum:
             return [(self.total, np.ones(1))]
-        if not phases:
-            raise UserError("curriculum_learning is true but curriculum_schedule is empty")
-        phases = sorted(phases, key=lambda ph: float(ph["epoch_range"][0]))
-        out, prev = [], 0.0
-        for i, ph in enumerate(phases):
-            a, b = (float(v) for v in ph["epoch_range"])
-            if abs(a - prev) > 1e-9 or b < a:
-                raise UserError(
-                    f"curriculum_schedule[{i}].epoch_range={[a, b]}: phases must cover [0, 1] "
-                    "without gaps or overlaps (each starts where the previous ends)"
-                )
+        out = []
+        for ph in phases:  # checked by curriculum_problems: ordered, covering [0, 1]
             weights = ph.get("difficulty_weights", {})
-            unknown = sorted(set(weights) - set(self.bin_names))
-            if unknown:
-                raise UserError(
-                    f"curriculum_schedule[{i}].difficulty_weights: unknown bin(s) {unknown}; "
-                    f"bins are {self.bin_names} (data_sampling.difficulty_bins)"
-                )
             w = np.array([float(weights.get(n, 0.0)) for n in self.bin_names])
-            if (w < 0).any() or w.sum() <= 0:
-                raise UserError(
-                    f"curriculum_schedule[{i}].difficulty_weights must be >= 0 with a positive sum"
-                )
-            out.append((round(b * self.total), w))
-            prev = b
-        if abs(prev - 1.0) > 1e-9:
-            raise UserError("curriculum_schedule: the last epoch_range must end at 1.0")
+            out.append((round(float(ph["epoch_range"][1]) * self.total), w))
         out[-1] = (self.total, out[-1][1])
         return out
 

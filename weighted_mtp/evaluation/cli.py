@@ -74,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The :class:`EvalConfig` the flags describe."""
-    from weighted_mtp.evaluation.config import DEFAULT_BINS, EvalConfig
+    from weighted_mtp.data.curriculum import DEFAULT_DIFFICULTY_BINS
+    from weighted_mtp.evaluation.config import EvalConfig
 
     out = args.out or str(Path("storage/eval") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     return EvalConfig(
@@ -95,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         skip_invalid=args.skip_invalid,
         seed=args.seed,
         device=args.device,
-        difficulty_bins=args.bins or dict(DEFAULT_BINS),
+        difficulty_bins=args.bins or dict(DEFAULT_DIFFICULTY_BINS),
         mlflow_uri=args.mlflow_uri,
         mlflow_experiment=args.mlflow_experiment,
         run_name=args.run_name,

@@ -13,7 +13,6 @@ from weighted_mtp.evaluation.generate import SamplingParams
 from weighted_mtp.evaluation.isolation import ISOLATIONS
 from weighted_mtp.evaluation.sandbox import Limits
 
-DEFAULT_BINS: dict[str, list[int]] = {"low": [1, 3], "medium": [4, 7], "high": [8, 11]}
 DEFAULT_CONTEXT = 4096  # tokens, when the model's params.json has no max_seq_len
 
 

@@ -35,7 +35,7 @@ from weighted_mtp.data.records import (
     tests_of,
 )
 from weighted_mtp.errors import UserError
-from weighted_mtp.evaluation.config import DEFAULT_BINS, DEFAULT_CONTEXT, EvalConfig
+from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
 from weighted_mtp.evaluation.generate import SamplingParams
 from weighted_mtp.evaluation.isolation import require_isolation
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
@@ -49,7 +49,7 @@ from weighted_mtp.evaluation.sandbox import (
 from weighted_mtp.progress import Progress
 
 log = logging.getLogger(__name__)
-__all__ = ["DEFAULT_BINS", "DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
+__all__ = ["DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
 
 
 @dataclass

@@ -34,6 +34,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }  # fmt: skip
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # what a config names (DTYPES: + aliases)
 PARAMS_FILE = "params.json"
 SAFETENSORS_FILE = "model.safetensors"
 _SHARD_DIM = {
@@ -48,7 +49,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
+        raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
     return DTYPES[dtype]
 
 

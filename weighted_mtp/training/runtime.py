@@ -9,6 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # device kinds; cuda:N names one GPU
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` = cuda > mps > cpu; anything else is taken as given (``cuda:1``)."""
@@ -25,7 +28,7 @@ def amp_dtype(mixed_precision: bool, name: str) -> torch.dtype | None:
     """The autocast dtype, or None when mixed precision is off."""
     if not mixed_precision:
         return None
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return AMP_DTYPES[name]
 
 
 @contextlib.contextmanager

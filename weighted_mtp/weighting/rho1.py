@@ -32,7 +32,6 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from weighted_mtp.config.validate import RHO1_SCOPES as SCOPES
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.weighting.base import HeadWeightFn, StepInputs, Weighting, WeightingInputs
 
@@ -56,6 +55,9 @@ def top_mask(scores: Tensor, valid: Tensor, n_keep: int) -> Tensor:
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
     keep[order] = True
     return keep.view_as(valid) & valid
+
+
+SCOPES = ("step", "micro_batch")  # what one top-k ranks: the optimizer step, or a micro-batch
 
 
 def head_excess(head_ce: Tensor, ref_ce: Tensor) -> Tensor:
