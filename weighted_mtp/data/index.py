@@ -27,12 +27,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from weighted_mtp.data.records import ReadStats, Record, parse_line
+from weighted_mtp.data.records import ReadStats, Record, iter_lines, valid_lines
 from weighted_mtp.errors import UserError
 from weighted_mtp.fileio import AtomicFile
 
@@ -212,17 +211,10 @@ def build_index(
     builder = IndexBuilder(str(jsonl))
     h = hashlib.sha256()
     before = jsonl.stat()
-    for lineno, offset, body in _hashed_lines(jsonl, h):
-        try:
-            rec = parse_line(body, jsonl, lineno)
-        except UserError:
-            if not skip_invalid:
-                raise
-            stats.skipped += 1
-            stats.skipped_lines.append(lineno)
-            continue
-        builder.add(offset, len(body), lineno, rec)
-        stats.records += 1
+    for lineno, offset, length, rec in valid_lines(
+        jsonl, iter_lines(jsonl, h), skip_invalid, stats
+    ):
+        builder.add(offset, length, lineno, rec)
     if stats.skipped:
         log.warning("%s: skipped %d malformed line(s)", jsonl, stats.skipped)
     after = jsonl.stat()
@@ -233,19 +225,6 @@ def build_index(
     )
     index.save(index_path(jsonl))
     return index
-
-
-def _hashed_lines(path: Path, h) -> Iterator[tuple[int, int, bytes]]:
-    """``(lineno, offset, line without newline)`` of non-blank lines; feeds every byte to h."""
-    offset = 0
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            h.update(raw)
-            start = offset
-            offset += len(raw)
-            body = raw.rstrip(b"\r\n")
-            if body.strip():
-                yield lineno, start, body
 
 
 class JsonlWriter:

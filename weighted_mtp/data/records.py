@@ -32,7 +32,7 @@ Test format (what an evaluator runs a generated program against):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,14 @@ class ReadStats:
     skipped_lines: list[int] = field(default_factory=list)
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(lineno (1-based), byte offset, raw line without newline)`` for non-blank lines."""
+def iter_lines(path: str | Path, digest: Any = None) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(lineno (1-based), byte offset, raw line without newline)`` for non-blank
+    lines; every byte read goes to ``digest.update`` too when a digest (hashlib) is given."""
     offset = 0
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if digest is not None:
+                digest.update(raw)
             start = offset
             offset += len(raw)
             body = raw.rstrip(b"\r\n")
@@ -173,8 +176,21 @@ def read_records(
     then it is skipped and counted in ``stats`` (pass a ReadStats to read the counts).
     Blank lines are ignored. ``Record.row`` is the record's position among valid records.
     """
+    for *_, rec in valid_lines(path, iter_lines(path), skip_invalid, stats):
+        yield rec
+
+
+def valid_lines(
+    path: str | Path,
+    lines: Iterable[tuple[int, int, bytes]],
+    skip_invalid: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[tuple[int, int, int, Record]]:
+    """``(lineno, offset, length, record)`` of each valid line of ``lines`` (from
+    :func:`iter_lines`). A malformed line raises UserError (``file:line: reason``) unless
+    ``skip_invalid``; then it is skipped and counted in ``stats``."""
     stats = stats if stats is not None else ReadStats()
-    for lineno, _, body in iter_lines(path):
+    for lineno, offset, body in lines:
         try:
             rec = parse_line(body, path, lineno)
         except UserError:
@@ -185,7 +201,7 @@ def read_records(
             continue
         rec.row = stats.records
         stats.records += 1
-        yield rec
+        yield lineno, offset, len(body), rec
 
 
 def normalize_output(text: str) -> str:
