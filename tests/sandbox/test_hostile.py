@@ -31,7 +31,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from weighted_mtp.evaluation.sandbox import STATUSES, ExecResult, Limits, run_many, run_program
+from weighted_mtp.evaluation.sandbox import ExecResult, Limits, run_many, run_program
+
+#: every verdict the sandbox gives (evaluation.sandbox._status)
+STATUSES = ("ok", "error", "timeout", "memory", "blocked", "killed")
 
 PROGRAMS = {p.stem: p for p in sorted((Path(__file__).parent / "programs").glob("*.py"))}
 SECRET = "wmtp-secret-" + uuid.uuid4().hex

@@ -120,7 +120,7 @@ def test_resume_continues_the_uninterrupted_stream(stop: int) -> None:
     assert resumed.progress == pytest.approx(stop * 2 / 750)
     assert head + list(resumed) == full
     behind = curriculum(index, rank=1, world_size=2)
-    behind.load_state_dict(first.state_dict(consumed=stop - 1))  # iterator ran ahead by one
+    behind.load_state_dict({**first.state_dict(), "consumed": stop - 1})  # one id earlier
     assert list(behind) == full[stop - 1 :]
 
 

@@ -300,7 +300,6 @@ _STAGE_REQUIRED = {
         "training.k_percent",
         "training.selection_scope",
     ),
-    "critic": ("training.loss_type",),
 }
 
 

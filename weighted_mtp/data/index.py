@@ -79,10 +79,6 @@ class Index:
         return len(self.rows)
 
     @property
-    def offsets(self) -> np.ndarray:
-        return self.rows["offset"]
-
-    @property
     def is_correct(self) -> np.ndarray:
         return self.rows["is_correct"]
 

@@ -320,14 +320,10 @@ class RecordSampler:
         """Epochs consumed (fractional)."""
         return self._consumed * self.world_size / self.n_samples
 
-    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
-        """Position (ids yielded by this rank) plus a fingerprint of config and data.
-
-        ``consumed``: the ids this rank actually trained on, when the iterator ran ahead
-        (a DataLoader prefetches); default: the ids yielded so far.
-        """
+    def state_dict(self) -> dict[str, Any]:
+        """Position (ids yielded by this rank) plus a fingerprint of config and data."""
         return {
-            "consumed": self._consumed if consumed is None else int(consumed),
+            "consumed": self._consumed,
             "world_size": self.world_size,
             "fingerprint": self._fingerprint,
         }

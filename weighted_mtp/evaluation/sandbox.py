@@ -38,7 +38,6 @@ from weighted_mtp.data.records import outputs_match
 from weighted_mtp.evaluation.isolation import ISOLATIONS, get_isolation
 
 T = TypeVar("T")
-STATUSES = ("ok", "error", "timeout", "memory", "blocked", "killed")
 VIOLATION_EXIT = 97  # exit code of a program stopped by a guard
 MEMORY_EXIT = 98  # exit code of a program that raised MemoryError
 GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
