@@ -119,8 +119,8 @@ def test_activation_checkpointing_changes_nothing_but_memory(make_cfg, tmp_path)
 
 
 def test_eval_samples(make_cfg) -> None:
-    from weighted_mtp.training.evaluate import Validator
     from weighted_mtp.training.task import Task
+    from weighted_mtp.training.validator import Validator
 
     cfg = make_cfg("baseline", "training.eval_samples=3")
     v = Validator(cfg, Task(train_policy=True), None, None, torch.device("cpu"), None)

@@ -6,7 +6,7 @@ files on the meta device, loads it through the run's parallelism
 reader of fake tensors, then runs one optimizer step of ``gradient_accumulation_steps``
 full-length micro-batches through :func:`weighted_mtp.training.step.optimizer_step` (the
 function the loop calls), with the optimizer state of earlier steps resident, and one
-validation batch through :class:`weighted_mtp.training.evaluate.Validator`; rho1 also
+validation batch through :class:`weighted_mtp.training.validator.Validator`; rho1 also
 runs its reference scoring pass. All under torch's memory trackers, a FLOP counter and a
 collective counter: every number the plan prints comes from that run.
 """
@@ -30,12 +30,12 @@ from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh, same_rows
 from weighted_mtp.plan.tracker import PlainTracker, flop_counter, peak, tracker_for
 from weighted_mtp.training import distributed, fsdp
 from weighted_mtp.training.distributed import DistInfo
-from weighted_mtp.training.evaluate import EVAL_BATCH_FACTOR, Validator
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype
 from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task
+from weighted_mtp.training.validator import EVAL_BATCH_FACTOR, Validator
 
 CUDA = torch.device("cuda")
 
@@ -241,7 +241,7 @@ def _reference_peak(cfg, ref_config, resident, vocab_size, device) -> tuple[int,
 
 
 def _validation_peak(cfg, task, model, parallel, resident, device, amp) -> int:
-    """Peak of one validation batch (``training.evaluate.Validator.run``) with the training
+    """Peak of one validation batch (``training.validator.Validator.run``) with the training
     state (weights, value head, optimizer state) resident."""
     batch_size = cfg.training.batch_size * EVAL_BATCH_FACTOR
     batch = fake_batch(cfg, model.args.vocab_size, batch_size, device)

@@ -33,13 +33,13 @@ from weighted_mtp.tracking import create_tracker
 from weighted_mtp.tracking.base import Tracker
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import Checkpointer
-from weighted_mtp.training.evaluate import Validator
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everything
 from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task
+from weighted_mtp.training.validator import Validator
 
 log = logging.getLogger(__name__)
 
