@@ -146,3 +146,14 @@ def test_unknown_stage(path_overrides) -> None:
     assert "must be one of baseline, critic, rho1, verifiable" in problems(
         ["experiment.stage=ppo"], path_overrides
     )
+
+
+def test_weighting_follows_its_training_address(path_overrides) -> None:
+    """training.* is the address; a weighting.* set apart from it is refused, naming it."""
+    text = problems(["stage=verifiable", "weighting.beta=0.5"], path_overrides)
+    assert "weighting.beta = 0.5: differs from training.beta = 0.9" in text
+    assert "Fix: set training.beta=0.5" in text
+    text = problems(["stage=rho1", "weighting.k_percent=0.2"], path_overrides)
+    assert "weighting.k_percent = 0.2: differs from training.k_percent" in text
+    # following the address (the stage's interpolation) is fine
+    validate(compose([*path_overrides, "stage=verifiable", "training.beta=0.5"]), check_paths=False)

@@ -190,3 +190,15 @@ def test_rho1_full_k_is_uniform() -> None:
     for k in range(2):
         assert torch.equal(fn(k, torch.rand(1, 6)), inp.valid[..., k].float())
     assert weighting.denominator(inp.valid) == inp.valid.sum()
+
+
+def test_a_bad_argument_is_a_user_error_naming_its_config_address() -> None:
+    from weighted_mtp.errors import UserError
+    from weighted_mtp.weighting import TDErrorWeighting
+
+    with pytest.raises(UserError, match=r"weighting.beta = -1.0: must be > 0 .*set training.beta"):
+        TDErrorWeighting(beta=-1.0, clip_min=0.1, clip_max=5.0)
+    with pytest.raises(UserError, match=r"weighting.clip_min = 5.0: must be < clip_max \(1.0\)"):
+        TDErrorWeighting(beta=1.0, clip_min=5.0, clip_max=1.0)
+    with pytest.raises(UserError, match=r"weighting.k_percent = 0.0: must be in \(0, 1\]"):
+        Rho1Weighting(k_percent=0.0)

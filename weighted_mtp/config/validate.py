@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -136,6 +137,7 @@ def validate(
     _check_ranges(c)
     _check_stage_fields(c, stage)
     _check_curriculum(c)
+    _check_weighting(c)
     if check_paths:
         c.path("models.policy.path", "policy model")
         c.path("models.policy.tokenizer_path", "tokenizer")
@@ -306,6 +308,28 @@ _STAGE_REQUIRED = {
 def _check_stage_fields(c: _Checker, stage: str | None) -> None:
     for key in _STAGE_REQUIRED.get(stage or "", ()):
         c.require(key, f"is required for stage {stage}")
+
+
+def _check_weighting(c: _Checker) -> None:
+    """A weighting argument whose address is a ``training.*`` field (the class's
+    ``config_fields``) must follow it: ``weighting.beta`` set apart from ``training.beta``
+    would train with one value and track the other."""
+    target = c.get("weighting._target_")
+    if not target:
+        return
+    try:
+        cls = get_class(str(target))
+    except Exception:  # noqa: BLE001 - instantiate reports a bad target with its cause
+        return
+    for arg, field in getattr(cls, "config_fields", {}).items():
+        value, address = c.get(f"weighting.{arg}"), c.get(field)
+        if value is not None and address is not None and value != address:
+            c.add(
+                f"weighting.{arg}",
+                value,
+                f"differs from {field} = {address!r}, the address of this parameter",
+                f"set {field}={value} and leave weighting.{arg} as ${{{field}}}",
+            )
 
 
 def _check_curriculum(c: _Checker) -> None:

@@ -231,7 +231,7 @@ def _reference_peak(cfg, ref_config, resident, vocab_size, device) -> tuple[int,
 
     reference = build_reference(cfg, ref_config).to(device)
     ref_bytes = local_bytes(reference.parameters())
-    temperature = float(getattr(instantiate(cfg.weighting), "temperature", 1.0))
+    temperature = float(cfg.training.temperature)
     batch = fake_batch(cfg, vocab_size, cfg.training.batch_size, device)
     tracker = PlainTracker(vocab_size)
     tracker.track_external(*resident, reference)

@@ -41,7 +41,7 @@ def token_ce(model: nn.Module, temperature: float, ids: Tensor, mask: Tensor, la
 def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     ref_cfg = cfg.models.reference
     weighting = instantiate(cfg.weighting)
-    temperature = float(getattr(weighting, "temperature", 1.0))
+    temperature = float(cfg.training.temperature)
     reference = load_reference(ref_cfg.path, ref_cfg.dtype, tokenizer, device)
     Index.for_jsonl(cfg.dataset.train)  # the key hashes the index: build it first
     key = cache_key(

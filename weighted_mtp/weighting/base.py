@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from weighted_mtp.errors import UserError
 from weighted_mtp.training.distributed import DistInfo
 
 HeadWeightFn = Callable[[int, Tensor], Tensor]
@@ -73,6 +74,10 @@ class Weighting:
     needs_values: bool = False
     needs_reference: bool = False
     needs_step_pass: bool = False
+    #: constructor argument -> the config field that is its user's address (the stage's
+    #: ``weighting`` section interpolates it: ``beta: ${training.beta}``); validation
+    #: refuses a ``weighting.<arg>`` set anywhere else
+    config_fields: dict[str, str] = {}
 
     def weights(self, inputs: WeightingInputs) -> Tensor | HeadWeightFn:
         """Per-head per-token weights [B, S, n] (constant w.r.t. gradients), or a
@@ -118,3 +123,13 @@ def masked_stats(x: Tensor, mask: Tensor, prefix: str) -> dict[str, float]:
         f"{prefix}/min": v.min().item(),
         f"{prefix}/max": v.max().item(),
     }
+
+
+def bad_argument(weighting: Weighting, arg: str, value: object, rule: str) -> UserError:
+    """The user error for a constructor argument out of range, named by its config
+    address: ``weighting.<arg>`` (and the ``training.*`` field it comes from)."""
+    field = type(weighting).config_fields.get(arg)
+    fix = f"set {field} (weighting.{arg} follows it)" if field else f"set weighting.{arg}"
+    return UserError(
+        f"weighting.{arg} = {value!r}: {rule} ({type(weighting).__name__}). Fix: {fix}"
+    )

@@ -18,7 +18,8 @@ tokens only.
 - ``micro_batch``: each micro-batch (on each rank) ranks its own tokens, during its own
   forward; no extra forward, but the kept set then depends on how the step is split.
 
-``temperature`` T scales the reference's logits before its CE is taken:
+``training.temperature`` T (read by the rho1 stage, which computes and caches the
+reference losses) scales the reference's logits before its CE is taken:
 ``CE_ref(j) = -log softmax(ref_logits / T)[x_j]``. T = 1 is Rho-1's rule; T > 1 flattens
 the reference (its CE moves towards log V, so the ranking leans on the policy's own loss),
 T < 1 sharpens it (confident reference tokens count as easy). The reference losses are
@@ -33,7 +34,13 @@ import torch
 from torch import Tensor
 
 from weighted_mtp.training import distributed as dist
-from weighted_mtp.weighting.base import HeadWeightFn, StepInputs, Weighting, WeightingInputs
+from weighted_mtp.weighting.base import (
+    HeadWeightFn,
+    StepInputs,
+    Weighting,
+    WeightingInputs,
+    bad_argument,
+)
 
 
 def kept_count(n_valid: int | Tensor, k_percent: float) -> int:
@@ -74,12 +81,14 @@ def head_excess(head_ce: Tensor, ref_ce: Tensor) -> Tensor:
 class Rho1Weighting(Weighting):
     needs_reference = True
 
-    def __init__(self, k_percent: float, temperature: float = 1.0, scope: str = "step") -> None:
-        if not 0 < k_percent <= 1 or temperature <= 0:
-            raise ValueError("Rho1Weighting needs 0 < k_percent <= 1 and temperature > 0")
+    config_fields = {"k_percent": "training.k_percent", "scope": "training.selection_scope"}
+
+    def __init__(self, k_percent: float, scope: str = "step") -> None:
+        if not 0 < k_percent <= 1:
+            raise bad_argument(self, "k_percent", k_percent, "must be in (0, 1]")
         if scope not in SCOPES:
-            raise ValueError(f"Rho1Weighting scope {scope!r}: use one of {SCOPES}")
-        self.k_percent, self.temperature, self.scope = k_percent, temperature, scope
+            raise bad_argument(self, "scope", scope, f"must be one of {', '.join(SCOPES)}")
+        self.k_percent, self.scope = k_percent, scope
         self.needs_step_pass = scope == "step"
         self._stats: dict[str, float] = {}
 

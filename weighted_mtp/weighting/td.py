@@ -18,6 +18,7 @@ from torch import Tensor
 from weighted_mtp.weighting.base import (
     Weighting,
     WeightingInputs,
+    bad_argument,
     masked_stats,
     token_to_head_weights,
 )
@@ -51,9 +52,18 @@ def _last_true(mask: Tensor) -> Tensor:
 class TDErrorWeighting(Weighting):
     needs_values = True
 
+    config_fields = {
+        "beta": "training.beta",
+        "gamma": "training.gamma",
+        "clip_min": "training.weight_clip_min",
+        "clip_max": "training.weight_clip_max",
+    }
+
     def __init__(self, beta: float, clip_min: float, clip_max: float, gamma: float = 1.0) -> None:
-        if beta <= 0 or not clip_min < clip_max:
-            raise ValueError("TDErrorWeighting needs beta > 0 and clip_min < clip_max")
+        if beta <= 0:
+            raise bad_argument(self, "beta", beta, "must be > 0")
+        if not clip_min < clip_max:
+            raise bad_argument(self, "clip_min", clip_min, f"must be < clip_max ({clip_max})")
         self.beta, self.gamma = beta, gamma
         self.clip_min, self.clip_max = clip_min, clip_max
         self._stats: dict[str, float] = {}
