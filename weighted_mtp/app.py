@@ -41,7 +41,7 @@ def check_runtime(cfg: DictConfig) -> None:
     import torch
 
     from weighted_mtp.data.collate import format_prompt
-    from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
+    from weighted_mtp.models.tokenizer import config_tokenizer_path, load_tokenizer
 
     device = cfg.runtime.device
     kind = device.split(":")[0]
@@ -54,9 +54,7 @@ def check_runtime(cfg: DictConfig) -> None:
         )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise UserError("runtime.device=mps: MPS is not available here. Fix: runtime.device=auto")
-    tok = load_tokenizer(
-        policy_tokenizer_path(cfg.models.policy.path, cfg.models.policy.tokenizer_path)
-    )
+    tok = load_tokenizer(config_tokenizer_path(cfg))
     template = 1 + len(tok.encode(format_prompt("", "")))  # BOS + the fixed prompt text
     if cfg.dataset.max_length < template + 1:
         raise UserError(

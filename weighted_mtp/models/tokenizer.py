@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from sentencepiece import SentencePieceProcessor
 
@@ -88,6 +89,12 @@ class Tokenizer:
 def policy_tokenizer_path(policy_path: str | Path, tokenizer_path: str | None) -> str:
     """``models.policy.tokenizer_path``, or its default ``<policy path>/tokenizer``."""
     return tokenizer_path or str(Path(policy_path) / "tokenizer")
+
+
+def config_tokenizer_path(cfg: Any) -> str:
+    """The policy tokenizer of a run config (:func:`policy_tokenizer_path` of its
+    ``models.policy`` section)."""
+    return policy_tokenizer_path(cfg.models.policy.path, cfg.models.policy.tokenizer_path)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

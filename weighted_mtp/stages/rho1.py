@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from weighted_mtp.data.index import Index
 from weighted_mtp.models.reference import load_reference, reference_token_ce
-from weighted_mtp.models.tokenizer import find_tokenizer_file
+from weighted_mtp.models.tokenizer import config_tokenizer_path, find_tokenizer_file
 from weighted_mtp.training import distributed as dist
-from weighted_mtp.training.loop import tokenizer_path, train
+from weighted_mtp.training.loop import train
 from weighted_mtp.training.reference_cache import ReferenceLossCache, cache_key
 from weighted_mtp.training.task import Task
 
@@ -47,7 +47,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     key = cache_key(
         ref_cfg.path,
         cfg.dataset.train,
-        find_tokenizer_file(tokenizer_path(cfg)),
+        find_tokenizer_file(config_tokenizer_path(cfg)),
         cfg.dataset.max_length,
         temperature,
         ref_cfg.dtype,

@@ -27,7 +27,7 @@ from weighted_mtp.errors import TrainingDiverged, UserError
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, meta_model
-from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer, policy_tokenizer_path
+from weighted_mtp.models.tokenizer import Tokenizer, config_tokenizer_path, load_tokenizer
 from weighted_mtp.progress import Progress
 from weighted_mtp.tracking import create_tracker
 from weighted_mtp.tracking.base import Tracker
@@ -44,10 +44,6 @@ from weighted_mtp.training.validator import Validator
 log = logging.getLogger(__name__)
 
 BuildTask = Callable[[DictConfig, MTPTransformer, Tokenizer, torch.device], Task]
-
-
-def tokenizer_path(cfg: DictConfig) -> str:
-    return policy_tokenizer_path(cfg.models.policy.path, cfg.models.policy.tokenizer_path)
 
 
 def train(cfg: DictConfig, build_task: BuildTask) -> dict[str, Any]:
@@ -104,7 +100,7 @@ def _train(
     t_cfg = cfg.training
     seed_everything(cfg.runtime.seed)
     amp = amp_dtype(cfg.runtime.mixed_precision, cfg.runtime.amp_dtype)
-    tokenizer = load_tokenizer(tokenizer_path(cfg))
+    tokenizer = load_tokenizer(config_tokenizer_path(cfg))
     parallel = build_parallel(cfg.runtime.distributed, info, device, amp)
     # the stage sees the policy's shape (meta device); its weights come once the dtype
     # (trained or frozen) is known, each rank reading only what it holds
