@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.models import tiny_mtp
+from tests.helpers.models import TINY, tiny_mtp
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import (
     load_meta_dir,
@@ -20,16 +20,7 @@ from weighted_mtp.models.formats import (
 )
 from weighted_mtp.models.mtp import MTPTransformer
 
-ARGS = dict(
-    dim=32,
-    n_layers=4,
-    n_heads=4,
-    n_kv_heads=2,
-    vocab_size=50,
-    multiple_of=16,
-    n_future_tokens=2,
-    rope_theta=500.0,
-)
+ARGS = {**TINY, "n_layers": 4, "vocab_size": 50, "n_future_tokens": 2, "rope_theta": 500.0}
 
 
 def _model(dtype=torch.float32) -> MTPTransformer:
