@@ -123,3 +123,44 @@ def test_plan_rho1_step_scope_on_several_ranks(tmp_path: Path, shape_dir: Path, 
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["fits"] is True
     assert out["components"]["reference model (scoring pass only)"] > 0
+
+
+def test_sharded_optimizer_step_holds_no_global_size_transient() -> None:
+    """DTensor's sharding propagation builds global-shape tensors (metadata only, never
+    storage on a device): the tracker must not count them, on a cold propagation cache
+    (a shape seen for the first time) as on a warm one."""
+    from torch.distributed.fsdp import fully_shard
+
+    from weighted_mtp.plan.fake import fake_world, real_mesh
+    from weighted_mtp.plan.tracker import ShardedTracker, peak
+    from weighted_mtp.training import fsdp
+    from weighted_mtp.training.optim import build_optimizer
+
+    with fake_world(0, 4):
+        model = torch.nn.Sequential(torch.nn.Linear(1236, 52, bias=False))  # unseen shape
+        fully_shard(model, mesh=real_mesh(fsdp.init_device_mesh)("cpu", (4,)))
+        params = list(model.parameters())
+        opt = build_optimizer(params, 1e-3, 0.0, torch.device("cuda"))  # fused, as on GPUs
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()  # the moments exist
+        shard = 1236 * 52 // 4 * 4  # bytes of one float32 shard
+        for _ in range(2):
+            tracker = ShardedTracker(512, model, opt)
+            tracker.track_external(model, opt)
+            with tracker:
+                fsdp.clip_grad_norm_(params, 1.0)
+                opt.step()
+            total, _ = peak(tracker)
+            # parameter, gradient and two moments, plus scalars: not one more shard
+            assert total < 4 * shard + 4096, total
+
+
+def test_plan_is_the_same_when_run_twice() -> None:
+    """Every simulation in a process (the plan, then find_fix's candidates) gives the same
+    figures: nothing cached by the first run changes the second."""
+    args = ModelArgs(**dict(TINY, dim=80, n_heads=5))  # shapes no other test plans
+    cfg = _cfg("stage=baseline", "runtime.distributed=fsdp", "runtime.mixed_precision=true")
+    first, second = (simulate_rank(cfg, args, None, 4) for _ in range(2))
+    assert first.peak_bytes == second.peak_bytes
+    assert first.categories == second.categories
