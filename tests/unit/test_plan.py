@@ -164,3 +164,30 @@ def test_plan_is_the_same_when_run_twice() -> None:
     first, second = (simulate_rank(cfg, args, None, 4) for _ in range(2))
     assert first.peak_bytes == second.peak_bytes
     assert first.categories == second.categories
+
+
+def test_find_fix_names_the_fewest_checkpointed_blocks() -> None:
+    """The checkpointing search lands on the fewest blocks whose plan fits, whether its
+    first estimate from none-vs-all is too high or too low (stub plans, no simulation)."""
+    from types import SimpleNamespace
+
+    from weighted_mtp.plan.build import Machine, least_checkpointing
+
+    machine = Machine(gpu_memory_gb=100)  # fits at <= 90 GB
+
+    def search(peak_of_blocks) -> int:  # noqa: ANN001
+        def plan_of(change: dict) -> SimpleNamespace:
+            on = change["training.activation_checkpointing"]
+            n = change.get("training.activation_checkpointing_blocks") if on else 0
+            peak = peak_of_blocks(10 if n is None else n)
+            return SimpleNamespace(per_gpu_peak_gb=peak, fits=peak <= 90, n_blocks=10)
+
+        found, _ = least_checkpointing(None, machine, {}, plan_of)
+        return found["training.activation_checkpointing_blocks"]
+
+    # linear: 100 GB without, 2 GB saved per block -> 5 blocks; the estimate is exact
+    assert search(lambda n: 100 - 2 * n) == 5
+    # the first blocks save more than the average (estimate too high): step down to 3
+    assert search(lambda n: 100 - (4 * n if n <= 3 else 12 + (n - 3) * 0.5)) == 3
+    # the first blocks save less (estimate too low): step up to 8
+    assert search(lambda n: 100 - (0.5 * n if n <= 7 else 3.5 + (n - 7) * 6.5)) == 8
