@@ -191,3 +191,31 @@ def test_find_fix_names_the_fewest_checkpointed_blocks() -> None:
     assert search(lambda n: 100 - (4 * n if n <= 3 else 12 + (n - 3) * 0.5)) == 3
     # the first blocks save less (estimate too low): step up to 8
     assert search(lambda n: 100 - (0.5 * n if n <= 7 else 3.5 + (n - 7) * 6.5)) == 8
+
+
+@pytest.mark.parametrize("kind", [{"fused": True}, {"foreach": True}])
+def test_adamw_step_memory_is_the_same_on_fake_and_real_tensors(kind: dict) -> None:
+    """The optimizer step the plan simulates allocates what the real one does: fused
+    AdamW (the CUDA choice) updates in place, foreach adds one parameter-sized temporary."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from weighted_mtp.plan.tracker import PlainTracker, peak
+
+    def step_peak(fake: bool) -> int:
+        with FakeTensorMode() if fake else torch.no_grad():
+            p = torch.nn.Parameter(torch.zeros(256, 64))
+            opt = torch.optim.AdamW([p], lr=1e-3, **kind)
+            p.grad = torch.zeros_like(p)
+            opt.step()  # the moments exist
+            tracker = PlainTracker(512)
+            tracker.track_external(p, opt)
+            with tracker:
+                opt.step()
+            return peak(tracker)[0]
+
+    size = 256 * 64 * 4
+    real = step_peak(False)
+    assert step_peak(True) == real
+    # tracked: the parameter and its two moments (+ step counters), plus foreach's temporary
+    tensors = 4 if "foreach" in kind else 3
+    assert tensors * size <= real < tensors * size + 1024, real
