@@ -123,3 +123,99 @@ def test_plan_rho1_step_scope_on_several_ranks(tmp_path: Path, shape_dir: Path, 
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["fits"] is True
     assert out["components"]["reference model (scoring pass only)"] > 0
+
+
+def test_sharded_optimizer_step_holds_no_global_size_transient() -> None:
+    """DTensor's sharding propagation builds global-shape tensors (metadata only, never
+    storage on a device): the tracker must not count them, on a cold propagation cache
+    (a shape seen for the first time) as on a warm one."""
+    from torch.distributed.fsdp import fully_shard
+
+    from weighted_mtp.plan.fake import fake_world, real_mesh
+    from weighted_mtp.plan.tracker import ShardedTracker, peak
+    from weighted_mtp.training import fsdp
+    from weighted_mtp.training.optim import build_optimizer
+
+    with fake_world(0, 4):
+        model = torch.nn.Sequential(torch.nn.Linear(1236, 52, bias=False))  # unseen shape
+        fully_shard(model, mesh=real_mesh(fsdp.init_device_mesh)("cpu", (4,)))
+        params = list(model.parameters())
+        opt = build_optimizer(params, 1e-3, 0.0, torch.device("cuda"))  # fused, as on GPUs
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()  # the moments exist
+        shard = 1236 * 52 // 4 * 4  # bytes of one float32 shard
+        for _ in range(2):
+            tracker = ShardedTracker(512, model, opt)
+            tracker.track_external(model, opt)
+            with tracker:
+                fsdp.clip_grad_norm_(params, 1.0)
+                opt.step()
+            total, _ = peak(tracker)
+            # parameter, gradient and two moments, plus scalars: not one more shard
+            assert total < 4 * shard + 4096, total
+
+
+def test_plan_is_the_same_when_run_twice() -> None:
+    """Every simulation in a process (the plan, then find_fix's candidates) gives the same
+    figures: nothing cached by the first run changes the second."""
+    args = ModelArgs(**dict(TINY, dim=80, n_heads=5))  # shapes no other test plans
+    cfg = _cfg("stage=baseline", "runtime.distributed=fsdp", "runtime.mixed_precision=true")
+    first, second = (simulate_rank(cfg, args, None, 4) for _ in range(2))
+    assert first.peak_bytes == second.peak_bytes
+    assert first.categories == second.categories
+
+
+def test_find_fix_names_the_fewest_checkpointed_blocks() -> None:
+    """The checkpointing search lands on the fewest blocks whose plan fits, whether its
+    first estimate from none-vs-all is too high or too low (stub plans, no simulation)."""
+    from types import SimpleNamespace
+
+    from weighted_mtp.plan.build import Machine, least_checkpointing
+
+    machine = Machine(gpu_memory_gb=100)  # fits at <= 90 GB
+
+    def search(peak_of_blocks) -> int:  # noqa: ANN001
+        def plan_of(change: dict) -> SimpleNamespace:
+            on = change["training.activation_checkpointing"]
+            n = change.get("training.activation_checkpointing_blocks") if on else 0
+            peak = peak_of_blocks(10 if n is None else n)
+            return SimpleNamespace(per_gpu_peak_gb=peak, fits=peak <= 90, n_blocks=10)
+
+        found, _ = least_checkpointing(None, machine, {}, plan_of)
+        return found["training.activation_checkpointing_blocks"]
+
+    # linear: 100 GB without, 2 GB saved per block -> 5 blocks; the estimate is exact
+    assert search(lambda n: 100 - 2 * n) == 5
+    # the first blocks save more than the average (estimate too high): step down to 3
+    assert search(lambda n: 100 - (4 * n if n <= 3 else 12 + (n - 3) * 0.5)) == 3
+    # the first blocks save less (estimate too low): step up to 8
+    assert search(lambda n: 100 - (0.5 * n if n <= 7 else 3.5 + (n - 7) * 6.5)) == 8
+
+
+@pytest.mark.parametrize("kind", [{"fused": True}, {"foreach": True}])
+def test_adamw_step_memory_is_the_same_on_fake_and_real_tensors(kind: dict) -> None:
+    """The optimizer step the plan simulates allocates what the real one does: fused
+    AdamW (the CUDA choice) updates in place, foreach adds one parameter-sized temporary."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from weighted_mtp.plan.tracker import PlainTracker, peak
+
+    def step_peak(fake: bool) -> int:
+        with FakeTensorMode() if fake else torch.no_grad():
+            p = torch.nn.Parameter(torch.zeros(256, 64))
+            opt = torch.optim.AdamW([p], lr=1e-3, **kind)
+            p.grad = torch.zeros_like(p)
+            opt.step()  # the moments exist
+            tracker = PlainTracker(512)
+            tracker.track_external(p, opt)
+            with tracker:
+                opt.step()
+            return peak(tracker)[0]
+
+    size = 256 * 64 * 4
+    real = step_peak(False)
+    assert step_peak(True) == real
+    # tracked: the parameter and its two moments (+ step counters), plus foreach's temporary
+    tensors = 4 if "foreach" in kind else 3
+    assert tensors * size <= real < tensors * size + 1024, real

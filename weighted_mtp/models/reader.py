@@ -7,8 +7,11 @@ built on the meta device - plain parameters in full, sharded (DTensor) ones with
 this rank's rows - from a :class:`CheckpointReader`, which reads rows of one tensor at a
 time from the memory-mapped file: ``torch.load(mmap=True, weights_only=True)`` for Meta's
 ``consolidated*.pth`` (model-parallel shards re-joined per row range) and
-``safe_open(...).get_slice`` for safetensors. No rank ever holds a full copy of the model;
-the largest transient is one parameter's local rows in the checkpoint's dtype.
+``safe_open(...).get_slice`` for safetensors, and torch.distributed.checkpoint (DCP: a
+directory with ``.metadata``, plus ``params.json``) whose sharded parameters ``dcp.load``
+fills in place, reading only the stored chunks that overlap this rank's shard. No rank
+ever holds a full copy of the model; the largest transient is one parameter's local rows
+(DCP: one stored chunk) in the checkpoint's dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
+import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Shard
@@ -32,18 +37,30 @@ from weighted_mtp.models.formats import (
 )
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 
+DCP_METADATA = ".metadata"  # marks a torch.distributed.checkpoint directory
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 class CheckpointReader:
     """``args``, ``shapes`` (key -> (shape, dtype)) and ``rows(key, start, stop)`` of a Meta
-    directory, a safetensors directory or a ``.safetensors`` file."""
+    directory, a safetensors directory or file, or a DCP directory (``dcp`` is True)."""
 
     def __init__(self, path: str | Path) -> None:
         p = self.path = Path(path)
         self._parts: list[dict[str, Tensor]] = []
         self._st = None
-        if (p.is_file() and p.suffix == ".safetensors") or (p / SAFETENSORS_FILE).exists():
+        self.dcp = p.is_dir() and (p / DCP_METADATA).exists()
+        if self.dcp:
+            if not (p / PARAMS_FILE).exists():
+                raise UserError(f"{p}: a DCP checkpoint needs {PARAMS_FILE} beside {DCP_METADATA}")
+            self.args = _read_params(p)
+            metadata = dcp.FileSystemReader(str(p)).read_metadata().state_dict_metadata
+            self.shapes = {
+                k: (tuple(m.size), m.properties.dtype)
+                for k, m in metadata.items()
+                if hasattr(m, "chunks")  # tensors (not bytes entries)
+            }
+        elif (p.is_file() and p.suffix == ".safetensors") or (p / SAFETENSORS_FILE).exists():
             file = p / SAFETENSORS_FILE if p.is_dir() else p
             self._st = safe_open(str(file), framework="pt")
             meta = self._st.metadata() or {}
@@ -81,7 +98,13 @@ class CheckpointReader:
         return self.args
 
     def rows(self, key: str, start: int, stop: int) -> Tensor:
-        """Rows ``[start, stop)`` (dim 0) of the full tensor ``key``; reads only those."""
+        """Rows ``[start, stop)`` (dim 0) of the full tensor ``key``; reads only those
+        (DCP: the whole tensor, then the rows)."""
+        if self.dcp:
+            shape, dtype = self.shapes[key]
+            full = {key: torch.empty(shape, dtype=dtype)}
+            dcp.load(full, storage_reader=dcp.FileSystemReader(str(self.path)), no_dist=True)
+            return full[key][start:stop]
         if self._st is not None:
             return self._st.get_slice(key)[start:stop]
         d = shard_dim(key) if len(self._parts) > 1 else None
@@ -123,7 +146,17 @@ def local_rows(param: Tensor) -> tuple[int, int]:
 @torch.no_grad()
 def load_weights(model: nn.Module, reader: CheckpointReader) -> None:
     """Fill ``model``'s parameters (already materialised, e.g. by ``to_empty``; plain or
-    FSDP-sharded) from ``reader``: each rank reads only the rows it holds."""
+    FSDP-sharded) from ``reader``: each rank reads only the rows it holds. A DCP
+    checkpoint is loaded by ``dcp.load`` into the parameters themselves (every rank calls
+    this together when a process group is running), cast to their dtype."""
+    if reader.dcp:
+        params = dict(model.named_parameters())
+        missing = sorted(set(params) - set(reader.shapes))
+        if missing:
+            raise UserError(f"{reader.path}: DCP checkpoint lacks {missing[:5]}")
+        storage = dcp.FileSystemReader(str(reader.path))
+        dcp.load(params, storage_reader=storage, no_dist=not tdist.is_initialized())
+        return
     for name, p in model.named_parameters():
         local = p.to_local() if isinstance(p, DTensor) else p
         local.copy_(reader.rows(name, *local_rows(p)))

@@ -212,7 +212,8 @@ def find_fix(
 
 def least_checkpointing(cfg, machine, change, plan_of) -> tuple[dict, Plan] | None:  # noqa: ANN001
     """Activation checkpointing on the fewest blocks that fit, or None if all do not: the
-    saving per block is measured (none vs all), the count derived, then simulated."""
+    saving per block is measured (none vs all), a first count derived from it, then
+    counts are simulated down while they fit (or up until one does)."""
     limit = (1 - HEADROOM) * float(machine.gpu_memory_gb or 0)
     none = plan_of(change | {"training.activation_checkpointing": False})
     if none.fits:
@@ -223,15 +224,20 @@ def least_checkpointing(cfg, machine, change, plan_of) -> tuple[dict, Plan] | No
         return None
     n_blocks = _n_blocks(full_plan)
     per_block = (none.per_gpu_peak_gb - full_plan.per_gpu_peak_gb) / n_blocks
-    need = math.ceil((none.per_gpu_peak_gb - limit) / max(per_block, 1e-9))
-    for n in (need, need + 2):
-        if n >= n_blocks:
-            break
+    n = max(1, math.ceil((none.per_gpu_peak_gb - limit) / max(per_block, 1e-9)))
+    best: tuple[dict, Plan] = (full, full_plan)
+    tried: dict[int, Plan] = {}
+    while 0 < n < n_blocks and n not in tried:
         part = full | {"training.activation_checkpointing_blocks": n}
-        plan = plan_of(part)
+        tried[n] = plan = plan_of(part)
         if plan.fits:
-            return part, plan
-    return full, full_plan
+            best = part, plan
+            n -= 1
+        elif n + 1 in tried:  # n + 1 fits: the fewest
+            break
+        else:
+            n += 1
+    return best
 
 
 def _n_blocks(plan: Plan) -> int:

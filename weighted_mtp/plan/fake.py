@@ -124,8 +124,13 @@ def same_rows_everywhere(t: torch.Tensor, info: Any) -> list[torch.Tensor]:
 def fake_world(rank: int, world_size: int) -> Iterator[FakeTensorMode]:
     """Fake tensors + worst-case data answers + (world_size > 1) a fake process group."""
     group = fake_process_group(rank, world_size) if world_size > 1 else contextlib.nullcontext()
-    with group, FakeTensorMode(allow_non_fake_inputs=True) as mode, WorstCaseData():
-        mode.fake_tensor_converter.meta_converter.tensor_memo = _ShortMemo()
+    # FakeTensorMode's dispatch cache (process-wide) changes which copies autograd makes
+    # for the cached ops' outputs: every simulation starts from an empty one, so a plan
+    # (and each candidate of find_fix after it) is the same whatever ran before it
+    FakeTensorMode.cache_clear()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode.fake_tensor_converter.meta_converter.tensor_memo = _ShortMemo()
+    with group, mode, WorstCaseData():
         yield mode
 
 

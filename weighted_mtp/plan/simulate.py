@@ -105,6 +105,8 @@ class ShapeReader:
     checkpoint's rows in the file's dtype, random (fake tensors under the plan; real ones,
     initialised like a trained model's scale, in the memory benchmark)."""
 
+    dcp = False
+
     def __init__(self, args: ModelArgs, dtype: torch.dtype) -> None:
         with torch.device("meta"):
             sd = MTPTransformer(args).state_dict()

@@ -7,6 +7,13 @@ two categories they do not separate.
   gradient buckets of ``ddp``; FSDP's own all-gather / reduce-scatter buffers keep
   FSDPMemTracker's categories.
 
+And one thing they count that no device holds: DTensor's sharding propagation (on a cache
+miss, e.g. the ``_foreach_mul_`` of gradient clipping over every gradient shard) builds
+*global-shape* tensors under its own ``FakeTensorMode`` to learn the output's metadata.
+They never have storage in a real run, but a dispatch-mode tracker sees their creation
+(7B under fsdp: one whole unsharded float32 gradient, 27 GB, "at" the optimizer step).
+The trackers here leave every op inside that propagation untracked.
+
 The trackers work the same on fake and on real tensors, so the benchmark measures a real
 run with the very tracker the plan uses (``benchmarks/memory.py``).
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -22,6 +30,7 @@ from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPModM
 from torch.distributed._tools.mem_tracker import MemTracker, _ModMemStats, _RefType
 from torch.distributed._tools.mod_tracker import ModTracker
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor._sharding_prop import ShardingPropagator
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
@@ -81,11 +90,38 @@ class _ModuleStats(WeakIdKeyDictionary):
         return super().__getitem__(key)
 
 
+_META_ONLY = [0]  # > 0 while DTensor's sharding propagation runs (metadata, no storage)
+_PROPAGATE = ShardingPropagator._propagate_tensor_meta_non_cached
+
+
+def _propagate_untracked(self: ShardingPropagator, *args: Any, **kwargs: Any) -> Any:
+    _META_ONLY[0] += 1
+    try:
+        return _PROPAGATE(self, *args, **kwargs)
+    finally:
+        _META_ONLY[0] -= 1
+
+
 class _Classify:
-    """Mixin: re-label logits-shaped activations and collective buffers."""
+    """Mixin: re-label logits-shaped activations and collective buffers; leave DTensor's
+    metadata-only tensors untracked."""
 
     vocab_size: int
     comm_bytes: dict[str, int]
+    _patch: Any
+
+    def __enter__(self) -> Any:
+        self._patch = mock.patch.object(
+            ShardingPropagator, "_propagate_tensor_meta_non_cached", _propagate_untracked
+        )
+        self._patch.start()
+        return super().__enter__()  # type: ignore[misc]
+
+    def __exit__(self, *args: Any) -> None:
+        try:
+            super().__exit__(*args)  # type: ignore[misc]
+        finally:
+            self._patch.stop()
 
     def _track(self, reftype: _RefType, t: torch.Tensor) -> None:  # type: ignore[override]
         if reftype.value in _ACTIVATION_KINDS and t.dim() >= 2 and t.shape[-1] == self.vocab_size:
@@ -108,6 +144,8 @@ class _Classify:
         return super()._track_module_params_and_buffers(module, install_grad_hooks and trained)  # type: ignore[misc]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if _META_ONLY[0]:
+            return func(*args, **(kwargs or {}))
         out = super().__torch_dispatch__(func, types, args, kwargs)  # type: ignore[misc]
         if func.namespace == "c10d":
             flat, _ = tree_flatten((args, kwargs or {}))
