@@ -15,7 +15,7 @@ from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
 PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
-PRETRAIN_STEPS = 200  # AdamW steps (batch 8 x 128 tokens) of each micro model on it
+PRETRAIN_STEPS = 1000  # AdamW steps (16 records each) of each micro model on it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
