@@ -8,9 +8,12 @@ table. The table (``results.md``), the raw numbers (``results.json``) and a plot
 (``results.png``: validation loss curves, pass@1 / pass@k per stage) go into the run dir
 ``<storage>/demo/<timestamp>/``.
 
-Defaults fit 2 CPU cores in a few minutes; ``--epochs`` / ``--n-samples`` trade time for
-quality. ``--threads`` defaults to 1: the micro model's matmuls are small, and one
-intra-op thread is robust on a busy machine (OpenMP barriers stall when a core is shared).
+Stages and evaluations run ``--jobs`` (default 2) at a time in worker processes, each
+with ``--threads`` (default 1) intra-op threads: the micro model's matmuls are small, and
+one thread per process is robust on a busy machine (OpenMP barriers stall when a core is
+shared). ``--epochs`` / ``--n-samples`` trade time for quality. ``results.json`` also
+records the demo's wall time, CPU time (user + system of every process) and the load
+average, since wall time on a shared machine says little.
 """
 
 from __future__ import annotations
