@@ -8,9 +8,12 @@ table. The table (``results.md``), the raw numbers (``results.json``) and a plot
 (``results.png``: validation loss curves, pass@1 / pass@k per stage) go into the run dir
 ``<storage>/demo/<timestamp>/``.
 
-Defaults fit 2 CPU cores in a few minutes; ``--epochs`` / ``--n-samples`` trade time for
-quality. ``--threads`` defaults to 1: the micro model's matmuls are small, and one
-intra-op thread is robust on a busy machine (OpenMP barriers stall when a core is shared).
+Stages and evaluations run ``--jobs`` (default 2) at a time in worker processes, each
+with ``--threads`` (default 1) intra-op threads: the micro model's matmuls are small, and
+one thread per process is robust on a busy machine (OpenMP barriers stall when a core is
+shared). ``--epochs`` / ``--n-samples`` trade time for quality. ``results.json`` also
+records the demo's wall time, CPU time (user + system of every process) and the load
+average, since wall time on a shared machine says little.
 """
 
 from __future__ import annotations
@@ -32,21 +35,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m weighted_mtp.demo", description=__doc__)
     p.add_argument("--storage", type=Path, default=Path("storage"), help="storage root")
     p.add_argument("--out", type=Path, default=None, help="run dir (default storage/demo/<ts>)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--epochs", type=float, default=3.0, help="epochs of the policy stages")
-    p.add_argument("--critic-epochs", type=float, default=0.5, help="epochs of the critic")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per job")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="stages trained / evaluated at once (processes)"
+    )
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs of the policy stages")
+    p.add_argument("--critic-epochs", type=float, default=2.0, help="epochs of the critic")
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (policy stages)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (policy stages)")
     p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
     p.add_argument("--val-samples", type=int, default=64, help="validation records scored")
-    p.add_argument("--evals-per-epoch", type=int, default=4, help="validation points per epoch")
+    p.add_argument("--evals-per-epoch", type=int, default=2, help="validation points per epoch")
     p.add_argument("--eval-samples", type=int, default=5, help="samples per test problem")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 200)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 1000)")
     p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 1500)")
     p.add_argument(
         "--seeds",
@@ -90,6 +96,8 @@ def stage_overrides(
         "runtime.device=cpu",
     ]
     out.append(f"training.learning_rate={args.critic_lr if critic else args.lr}")
+    if critic:  # the demo's critic: an MLP value head on the frozen policy
+        out.append("models.value_head.type=mlp")
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")
@@ -201,33 +209,93 @@ def plot(rows: list[dict[str, Any]], histories: dict[str, list[dict]], k: int, p
     plt.close(fig)
 
 
-def run_seed(args: argparse.Namespace, seed: int, run_dir: Path) -> str:
-    """Train and evaluate every stage with ``seed``; write results.* into ``run_dir``."""
-    t_start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    k = args.eval_samples
-    rows, histories = [], {}
-    for stage in ORDER:
-        print(f"\n=== seed {seed} / {stage}: train ===", flush=True)
+def _task(args: argparse.Namespace, kind: str, stage: str, run_dir: Path, seed: int, ckpt: str):
+    """One unit of demo work (a stage's training or its evaluation), in a worker or inline."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if kind == "train":
         res = train_stage(args, stage, run_dir, seed)
-        histories[stage] = res.pop("history")
-        row = {"stage": stage, **res}
-        if stage in POLICY_STAGES:
-            print(f"=== seed {seed} / {stage}: evaluate on test.jsonl ===", flush=True)
-            row |= evaluate_stage(args, stage, res["checkpoint"], run_dir, seed)
-        rows.append(row)
+    else:
+        res = evaluate_stage(args, stage, ckpt, run_dir, seed)
+        res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def schedule(args: argparse.Namespace, runs: dict[int, Path]) -> dict[int, dict[str, dict]]:
+    """Train and evaluate every stage of every seed; ``--jobs`` tasks at once.
+
+    A task starts when what it needs is done: verifiable after the critic, an evaluation
+    after its stage's training. Returns {seed: {stage: row}}.
+    """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    todo = [(seed, kind, stage) for seed in runs for stage in ORDER for kind in ("train", "eval")]
+    todo = [t for t in todo if t[1] == "train" or t[2] in POLICY_STAGES]
+    rows: dict[int, dict[str, dict]] = {seed: {} for seed in runs}
+    done: set[tuple[int, str, str]] = set()
+
+    def ready(seed: int, kind: str, stage: str) -> bool:
+        need = (seed, "train", stage) if kind == "eval" else None
+        if stage == "verifiable" and kind == "train":
+            need = (seed, "train", "critic")
+        return need is None or need in done
+
+    def finish(task: tuple[int, str, str], res: dict) -> None:
+        seed, kind, stage = task
+        row = rows[seed].setdefault(stage, {"stage": stage})
+        row |= res
+        done.add(task)
+        print(f"=== seed {seed} / {stage}: {kind} done ===", flush=True)
+
+    def submit_args(task: tuple[int, str, str]) -> tuple:
+        seed, kind, stage = task
+        ckpt = rows[seed].get(stage, {}).get("checkpoint", "")
+        return (args, kind, stage, runs[seed], seed, ckpt)
+
+    if args.jobs <= 1:
+        while todo:
+            task = next(t for t in todo if ready(*t))
+            todo.remove(task)
+            finish(task, _task(*submit_args(task)))
+        return rows
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        running: dict[cf.Future, tuple[int, str, str]] = {}
+        while todo or running:
+            for task in [t for t in todo if ready(*t)][: args.jobs - len(running)]:
+                todo.remove(task)
+                running[pool.submit(_task, *submit_args(task))] = task
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                finish(running.pop(fut), fut.result())
+    return rows
+
+
+def write_results(
+    args: argparse.Namespace, seed: int, run_dir: Path, by_stage: dict[str, dict], timing: dict
+) -> str:
+    """results.md / results.json / results.png of one seed; returns the report text."""
+    k = args.eval_samples
+    rows = [by_stage[s] for s in ORDER]
+    histories = {r["stage"]: r.pop("history") for r in rows}
     md = table(rows, k)
-    wall = time.perf_counter() - t_start
     note = (
         f"\n\nHeld-out test.jsonl problems; greedy pass@1 from one greedy sample, pass@1 and "
         f"pass@{k} from {k} samples per problem (temperature {args.temperature}, top-p "
         f"{args.top_p}), unbiased estimator. Critic trains only the value head (its losses "
-        f"are value losses). Seed {seed}. Wall time {wall:.0f} s (setup not included).\n"
+        f"are value losses). Seed {seed}. Whole demo: {timing['wall_seconds']:.0f} s wall, "
+        f"{timing['cpu_seconds']:.0f} s CPU (user+sys, all processes), setup "
+        f"{timing['setup_seconds']:.0f} s, {args.jobs} jobs, load average "
+        f"{timing['load_average_start']:.1f} at start, {timing['load_average_end']:.1f} at end.\n"
     )
     (run_dir / "results.md").write_text(md + note)
     results = {
         "seed": seed,
-        "wall_seconds": wall,
+        "wall_seconds": timing["wall_seconds"],
+        "timing": timing,
         "stages": {r["stage"]: r for r in rows},
         "rows": rows,
         "histories": histories,
@@ -238,30 +306,56 @@ def run_seed(args: argparse.Namespace, seed: int, run_dir: Path) -> str:
     return md + note + f"written: {run_dir}/results.md, results.json, results.png"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import os
+
     import torch
 
     from weighted_mtp.setup_assets import setup
 
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     run_dir = args.out or args.storage / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"demo: run dir {run_dir}", flush=True)
     pre = {"pretrain_steps": args.pretrain_steps, "pretrain_problems": args.pretrain_problems}
-    setup(args.storage, **{k: v for k, v in pre.items() if v is not None})
-    print(f"setup done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    setup(args.storage, jobs=args.jobs, **{k: v for k, v in pre.items() if v is not None})
+    setup_s = time.perf_counter() - t_start
+    print(f"setup done in {setup_s:.0f} s", flush=True)
     several = len(args.seeds) > 1
-    reports = [
-        run_seed(args, seed, run_dir / f"seed{seed}" if several else run_dir) for seed in args.seeds
-    ]
+    runs = {seed: run_dir / f"seed{seed}" if several else run_dir for seed in args.seeds}
+    for d in runs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    rows = schedule(args, runs)
+    timing = {
+        "setup_seconds": setup_s,
+        "wall_seconds": time.perf_counter() - t_start,
+        "cpu_seconds": cpu_seconds(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg()[0],
+    }
+    reports = [write_results(args, seed, d, rows[seed], timing) for seed, d in runs.items()]
     print("\n" + "\n\n".join(reports))
     if several:
         from weighted_mtp import compare
 
         compare.run(compare.parse([str(run_dir)]))
-    print(f"total wall time {time.perf_counter() - t_start:.0f} s (setup included)")
+    print(
+        f"total: {timing['wall_seconds']:.0f} s wall, {timing['cpu_seconds']:.0f} s CPU "
+        f"(setup included), load average {load_start:.1f} -> {timing['load_average_end']:.1f}"
+    )
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
 PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
-PRETRAIN_STEPS = 200  # AdamW steps (batch 8 x 128 tokens) of each micro model on it
+PRETRAIN_STEPS = 1000  # AdamW steps (16 records each) of each micro model on it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="pretraining steps per model"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="processes pretraining the two models at once"
+    )
 
 
 def setup(
@@ -37,31 +40,35 @@ def setup(
     seed: int = 0,
     pretrain_problems: int = PRETRAIN_PROBLEMS,
     pretrain_steps: int = PRETRAIN_STEPS,
+    jobs: int = 2,
 ) -> dict[str, Path]:
     """Create every micro asset under ``storage``; returns the synthetic split files.
 
     The micro policy and reference pretrain on correct solutions of ``pretrain_problems``
-    synthetic problems that are in no split (``datasets/synthetic/pretrain.jsonl``)."""
+    synthetic problems that are in no split (``datasets/synthetic/pretrain.jsonl``);
+    ``jobs`` > 1 pretrains both at once in worker processes (same weights). Assets built
+    with another seed or pretraining budget are rebuilt."""
     from weighted_mtp.data.index import Index, JsonlWriter
     from weighted_mtp.data.synthetic import pretrain_corpus, write_synthetic
     from weighted_mtp.models.assets import assets_complete, build_micro_assets
 
     splits = write_synthetic(storage / "datasets" / "synthetic" / "processed", seed=seed)
-    if not assets_complete(storage):
+    build = {"seed": seed, "pretrain_problems": pretrain_problems, "pretrain_steps": pretrain_steps}
+    if not assets_complete(storage, build):
         used = {p for f in splits.values() for p in Index.for_jsonl(f).problems}
         corpus = pretrain_corpus(pretrain_problems, seed, used)
         with JsonlWriter(storage / "datasets" / "synthetic" / "pretrain.jsonl") as w:
             for r in corpus:
                 w.write(r)
         build_micro_assets(
-            storage, [splits["train"]], seed, pretrain_steps, pretrain_records=corpus
+            storage, [splits["train"]], seed, pretrain_steps, corpus, jobs=jobs, build=build
         )
     return splits
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    splits = setup(args.storage, args.seed, args.pretrain_problems, args.pretrain_steps)
+    splits = setup(args.storage, args.seed, args.pretrain_problems, args.pretrain_steps, args.jobs)
     for name, path in splits.items():
         print(f"  data {name}: {path}")
     models = args.storage / "models"

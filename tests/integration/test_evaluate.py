@@ -191,7 +191,8 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
     argv = ["--storage", str(micro_storage), "--out", str(out), "--n-samples", "16"]
     argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "4"]
     argv += ["--evals-per-epoch", "2", "--eval-samples", "2", "--limit", "2"]
-    argv += ["--max-new-tokens", "8"]
+    argv += ["--max-new-tokens", "8", "--jobs", "2"]  # two worker processes
+    argv += ["--pretrain-problems", "200", "--pretrain-steps", "40"]  # as micro_storage was built
     assert demo.main(argv) == 0
     md = (out / "results.md").read_text()
     for stage in ("critic", "verifiable", "baseline", "rho1"):
@@ -202,6 +203,8 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
         assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and 0.0 <= r["greedy_pass@1"] <= 1.0
         assert math.isfinite(r["val/loss"]) and r["tokens_per_s"] > 0
     assert (out / "results.png").stat().st_size > 0
+    timing = json.loads((out / "results.json").read_text())["timing"]
+    assert timing["cpu_seconds"] > 0 and timing["wall_seconds"] >= timing["setup_seconds"]
 
 
 def _fake_sampler(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -9,14 +9,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from weighted_mtp.data.records import Record
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.assets import (
     ASSETS_RECIPE,
     MICRO_MTP_DIR,
     MICRO_REF_DIR,
+    MICRO_VOCAB_SIZE,
+    _new_model,
     assets_complete,
     build_micro_assets,
     default_corpus_files,
+    pretrain,
+    pretrained_state,
+    record_sequences,
 )
 from weighted_mtp.models.formats import (
     load_meta_dir,
@@ -85,7 +91,7 @@ def test_deterministic(assets: Path, tmp_path: Path):
 def test_tokenizer_round_trip_and_ids(assets: Path):
     tok = load_tokenizer(assets / MICRO_MTP_DIR / "tokenizer")
     assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, 0)
-    assert 259 < tok.vocab_size <= 4096  # 3 specials + 256 bytes + learned pieces
+    assert 259 < tok.vocab_size <= MICRO_VOCAB_SIZE  # 3 specials + 256 bytes + learned pieces
     for text in [*CODE, "  x\t=\t'ünïcødé 漢字'  \n\n\n    ", "", " leading", "1234567"]:
         ids = tok.encode(text)
         assert tok.decode(ids) == text
@@ -199,3 +205,30 @@ def test_assets_of_an_older_recipe_are_rebuilt(tmp_path: Path):
     assert not assets_complete(tmp_path)
     build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=0)
     assert json.loads(info.read_text())["recipe"] == ASSETS_RECIPE
+
+
+def test_assets_built_with_other_settings_are_rebuilt(tmp_path: Path):
+    build_micro_assets(tmp_path, [_corpus(tmp_path)], pretrain_steps=0, build={"steps": 0})
+    assert assets_complete(tmp_path, {"steps": 0}) and assets_complete(tmp_path)
+    assert not assets_complete(tmp_path, {"steps": 5})  # setup rebuilds them
+
+
+def test_pretraining_on_records_learns_responses_in_workers_as_inline(assets: Path):
+    """Pretraining on task records: loss on the responses only (the prompt is context),
+    the same weights in a worker process as inline, and the response loss goes down."""
+    tok = load_tokenizer(assets / MICRO_MTP_DIR / "tokenizer")
+    lines = (assets / "train.jsonl").read_text().splitlines()[:32]
+    seqs = record_sequences([Record(**json.loads(line)) for line in lines], tok)
+    assert all(0 < e.prompt_len < len(e.ids) for e in seqs)
+    params = {"dim": 32, "n_layers": 3, "n_heads": 2, "n_kv_heads": 1, "multiple_of": 16,
+              "norm_eps": 1e-5, "rope_theta": 10000.0, "n_future_tokens": 2}  # fmt: skip
+    args = (params, tok.vocab_size, 0, seqs, 6, tok.pad_id)
+    inline = pretrained_state(*args)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        worker = pool.submit(pretrained_state, *args).result()
+    assert all(torch.equal(inline[k], worker[k]) for k in inline)
+    losses = pretrain(_new_model(params, tok.vocab_size, 0), seqs, 30, seed=0, pad_id=tok.pad_id)
+    assert losses[-1] < losses[0] - 1.0

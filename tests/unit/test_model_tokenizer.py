@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.assets import corpus_documents, default_corpus_files, train_tokenizer
+from weighted_mtp.models.assets import (
+    MICRO_VOCAB_SIZE,
+    corpus_documents,
+    default_corpus_files,
+    train_tokenizer,
+)
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -21,7 +26,7 @@ def tok(tmp_path_factory) -> Tokenizer:
 def test_llama_ids_and_size(tok: Tokenizer):
     assert (tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     assert tok.sp.pad_id() == -1 and tok.pad_id == tok.unk_id  # documented pad rule
-    assert 2000 <= tok.vocab_size <= 4096
+    assert 259 + 500 <= tok.vocab_size <= MICRO_VOCAB_SIZE  # 3 specials + 256 bytes + pieces
     assert tok.id_to_piece(13) == "<0x0A>"  # newline through byte fallback, as in Llama 2
 
 

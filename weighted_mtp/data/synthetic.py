@@ -9,8 +9,9 @@ Every label is checked by running the program on all of the problem's tests in t
 evaluation sandbox (bubblewrap unless ``isolation="none"``, see ``data.verify``): a correct
 program must pass all (else the generator is broken: error), an incorrect candidate must
 fail at least one (candidates that pass everything are dropped).
-Records carry the tests in ``metadata.tests`` (the first two are shown in ``input``).
-Deterministic for a seed.
+Records carry the tests in ``metadata.tests``. The statements say the input format
+themselves, so no worked examples are shown (``input`` is empty, ``N_EXAMPLES``): short
+sequences keep micro-model training cheap on a CPU. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("storage/datasets/synthetic/processed")
 SPLITS = {"train": 10, "valid": 1, "test": 1}
 MAX_INCORRECT = 3
-N_EXAMPLES = 2
+N_EXAMPLES = 0  # tests shown in the prompt (format_examples); the statement suffices
 
 # (bug kind, pattern, replacement, only on `if` lines)
 MUTATIONS: list[tuple[str, str, str, bool]] = [
@@ -219,12 +220,12 @@ def pretrain_corpus(n_problems: int, seed: int, exclude: set[str]) -> list[Recor
     rng = Random(seed + 10_000)
     out = []
     for p in _make_problems(rng, n_problems, set(exclude)):
-        tests = [{"input": i, "output": p.solve(i) + "\n"} for i in p.inputs[:N_EXAMPLES]]
+        tests = [{"input": i, "output": p.solve(i) + "\n"} for i in p.inputs]
         for i, sol in enumerate(p.solutions):
             out.append(
                 Record(
                     instruction=p.statement,
-                    input=format_examples(tests),
+                    input=format_examples(tests[:N_EXAMPLES]),
                     output=sol,
                     task_id=f"{p.problem_id}/pretrain/{i}",
                     is_correct=True,
@@ -233,6 +234,7 @@ def pretrain_corpus(n_problems: int, seed: int, exclude: set[str]) -> list[Recor
                         "difficulty": p.difficulty,
                         "problem_id": p.problem_id,
                         "family": p.family,
+                        "tests": tests,
                         "split": "pretrain",
                     },
                 )

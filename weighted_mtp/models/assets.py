@@ -10,35 +10,40 @@
 
 The tokenizer is a Llama-style SentencePiece BPE (unk 0, bos 1, eos 2, no pad, byte
 fallback, identity normalisation, whitespace kept) trained on the corpus, so code
-round-trips through encode/decode exactly. Both models get a short deterministic
-pretraining on the corpus (``pretrain_steps``) so fine-tuning starts from a model that
-has seen code. Idempotent: complete assets are left alone; everything is built in a
+round-trips through encode/decode exactly. Both models get a deterministic pretraining
+(``pretrain_steps``) so fine-tuning starts from models that know the task distribution
+(``setup`` gives them correct solutions of synthetic problems in no split). Idempotent:
+complete assets built with the same settings are left alone; everything is built in a
 temporary directory and renamed into place. Deterministic for a given corpus, seed and
-torch build / thread count.
+torch build (pretraining runs on one intra-op thread, in or out of a worker process).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import torch
 
+from weighted_mtp.data.collate import Encoded, encode_record
 from weighted_mtp.models.export import export_hf_state_dict
 from weighted_mtp.models.formats import save_meta_dir
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.tokenizer import TOKENIZER_FILE, Tokenizer
-from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
+from weighted_mtp.training.losses import IGNORE_INDEX, backward_trunk, mtp_loss, mtp_targets
 
 MICRO_MTP_DIR = "models/micro-mtp"
 MICRO_REF_DIR = "models/micro-ref"
-MICRO_VOCAB_SIZE = 4096
+MICRO_VOCAB_SIZE = 1024
 MICRO_MTP_PARAMS: dict[str, Any] = dict(
     dim=128,
     n_layers=7,
@@ -53,8 +58,9 @@ MICRO_REF_PARAMS: dict[str, Any] = {**MICRO_MTP_PARAMS, "n_layers": 4, "n_future
 MTP_FILES = ("params.json", "consolidated.pth", f"tokenizer/{TOKENIZER_FILE}")
 REF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json")
 MAX_CORPUS_CHARS = 4_000_000
-PRETRAIN_SEQ = 128  # tokens per window when pretraining on task records
-ASSETS_RECIPE = 2  # raised when what setup builds changes: older storages get rebuilt
+PRETRAIN_BATCH = 16  # sequences per pretraining step
+PRETRAIN_LR = 3e-3  # peak AdamW learning rate of the pretraining
+ASSETS_RECIPE = 3  # raised when what setup builds changes: older storages get rebuilt
 
 
 def _strings(obj: Any) -> Iterator[str]:
@@ -116,28 +122,59 @@ def train_tokenizer(docs: list[str], out_file: Path, vocab_size: int = MICRO_VOC
     out_file.write_bytes(buf.getvalue())
 
 
+def text_sequences(docs: list[str], tok: Tokenizer, seq: int = 64) -> list[Encoded]:
+    """The documents' tokens (BOS text EOS, concatenated) cut into windows of ``seq``; the
+    loss covers every token."""
+    stream = [i for d in docs for i in tok.encode(d, bos=True, eos=True)]
+    return [Encoded(stream[i : i + seq], 0, False) for i in range(0, len(stream) - 1, seq)]
+
+
+def record_sequences(records: list[Any], tok: Tokenizer, max_length: int = 512) -> list[Encoded]:
+    """Records in the training template; the loss covers their responses, as in training."""
+    return [encode_record(r, tok, max_length) for r in records]
+
+
+def _padded(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, S] and labels (-100 on prompt and padding). Right padding needs
+    no attention mask under causal attention."""
+    width = max(len(e.ids) for e in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, e in enumerate(seqs):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        labels[i, e.prompt_len : len(e.ids)] = ids[i, e.prompt_len : len(e.ids)]
+    return ids, labels
+
+
 def pretrain(
     model: MTPTransformer,
-    tokens: torch.Tensor,
+    seqs: list[Encoded],
     steps: int,
     seed: int,
-    batch: int = 8,
-    seq: int = 64,
-    lr: float = 3e-3,
+    pad_id: int = 0,
+    batch: int = PRETRAIN_BATCH,
+    lr: float = PRETRAIN_LR,
 ) -> list[float]:
-    """A few AdamW steps of plain MTP on random windows of ``tokens``; returns the losses."""
-    gen = torch.Generator().manual_seed(seed)
-    seq = min(seq, len(tokens) - 1)
+    """``steps`` AdamW steps of the MTP loss on ``seqs``; returns the losses.
+
+    Each pass visits the sequences in a fresh seeded order, ``batch`` at a time; linear
+    warm-up over 20 steps, then linear decay to 0.
+    """
+    rng = Random(seed)
+    order = list(range(len(seqs)))
+    queue: list[list[int]] = []
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     model.train()
     for step in range(steps):
-        for g in opt.param_groups:  # linear warm-up then linear decay
-            g["lr"] = lr * min(1.0, (step + 1) / 10) * (1 - step / max(steps, 1))
-        starts = torch.randint(0, len(tokens) - seq, (batch,), generator=gen)
-        ids = torch.stack([tokens[s : s + seq] for s in starts.tolist()])
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 20) * (1 - step / steps)
+        if not queue:
+            rng.shuffle(order)
+            queue = [order[i : i + batch] for i in range(0, len(order), batch)][::-1]
+        ids, labels = _padded([seqs[i] for i in queue.pop()], pad_id)
         h = model.trunk(ids)
-        out = mtp_loss(model, h, None, mtp_targets(ids, model.n_future_tokens))
+        out = mtp_loss(model, h, None, mtp_targets(labels, model.n_future_tokens))
         backward_trunk(h, out)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -146,31 +183,41 @@ def pretrain(
     return losses
 
 
+def pretrained_state(
+    params: dict[str, Any], vocab_size: int, seed: int, seqs: list[Encoded], steps: int, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """A new model (init from ``seed``) after :func:`pretrain`; one intra-op thread, so the
+    weights do not depend on the machine's core count or on running in a worker process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = _new_model(params, vocab_size, seed)
+            if steps > 0:
+                pretrain(model, seqs, steps, seed, pad_id)
+        return model.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _new_model(params: dict[str, Any], vocab_size: int, seed: int) -> MTPTransformer:
     model = MTPTransformer(ModelArgs(**params, vocab_size=vocab_size))
     model.init_weights(torch.Generator().manual_seed(seed))
     return model
 
 
-def assets_complete(storage_root: str | Path) -> bool:
-    """Every file present, built by this recipe (older assets are rebuilt)."""
+def assets_complete(storage_root: str | Path, build: dict[str, Any] | None = None) -> bool:
+    """Every file present, built by this recipe (older assets are rebuilt) and, when
+    ``build`` is given, with these settings."""
     root = Path(storage_root)
-    info = root / MICRO_MTP_DIR / "assets.json"
-    if not info.is_file() or json.loads(info.read_text()).get("recipe") != ASSETS_RECIPE:
+    path = root / MICRO_MTP_DIR / "assets.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    if info.get("recipe") != ASSETS_RECIPE or (build is not None and info.get("build") != build):
         return False
     return all((root / MICRO_MTP_DIR / f).is_file() for f in MTP_FILES) and all(
         (root / MICRO_REF_DIR / f).is_file() for f in REF_FILES
     )
-
-
-def task_stream(records: list[Any], tok: Tokenizer) -> torch.Tensor:
-    """Records in the training template (BOS prompt response EOS), concatenated."""
-    from weighted_mtp.data.collate import format_prompt
-
-    ids: list[int] = []
-    for r in records:
-        ids += tok.encode(format_prompt(r.instruction, r.input) + r.output, bos=True, eos=True)
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def build_micro_assets(
@@ -179,17 +226,22 @@ def build_micro_assets(
     seed: int = 0,
     pretrain_steps: int = 40,
     pretrain_records: list[Any] | None = None,
+    jobs: int = 1,
+    build: dict[str, Any] | None = None,
 ) -> None:
     """Build the micro tokenizer, policy and reference under ``storage_root/models``.
 
     ``pretrain_records`` (correct solutions of the task distribution, disjoint from the
-    training data): both models pretrain on them in the training template, windows of
-    ``PRETRAIN_SEQ`` tokens — the policy as the paper's policy has seen code of the task,
-    the Rho-1 reference as a model trained on high-quality correct solutions. Without
-    them, both pretrain on the text of ``corpus_files``.
+    training data): both models pretrain on them in the training template with the
+    training's loss (on the response) — the policy as the paper's policy has seen code of
+    the task, the Rho-1 reference as a model trained on high-quality correct solutions.
+    Without them, both pretrain on the text of ``corpus_files``. ``jobs`` > 1 pretrains the
+    two models in two worker processes at once (same weights as ``jobs=1``). ``build``:
+    the caller's settings, recorded in ``assets.json``; assets built with other settings
+    are rebuilt.
     """
     root = Path(storage_root)
-    if assets_complete(root):
+    if assets_complete(root, build):
         return
     (root / "models").mkdir(parents=True, exist_ok=True)
     docs = corpus_documents(list(corpus_files) or default_corpus_files())
@@ -202,29 +254,32 @@ def build_micro_assets(
         tok_file = mtp_dir / "tokenizer" / TOKENIZER_FILE
         train_tokenizer(docs, tok_file)
         tok = Tokenizer(tok_file)
-        seq = 64
-        if pretrain_records:
-            tokens, seq = task_stream(pretrain_records, tok), PRETRAIN_SEQ
+        seqs = record_sequences(pretrain_records, tok) if pretrain_records else None
+        seqs = seqs or text_sequences(docs, tok)
+        specs = [(MICRO_MTP_PARAMS, seed), (MICRO_REF_PARAMS, seed + 1)]
+        args = [(p, tok.vocab_size, s, seqs, pretrain_steps, tok.pad_id) for p, s in specs]
+        if jobs > 1 and pretrain_steps > 0:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(args)), mp_context=ctx) as pool:
+                states = list(pool.map(pretrained_state, *zip(*args, strict=True)))
         else:
-            stream = [i for d in docs for i in tok.encode(d, bos=True, eos=True)]
-            tokens = torch.tensor(stream, dtype=torch.long)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            policy = _new_model(MICRO_MTP_PARAMS, tok.vocab_size, seed)
-            ref = _new_model(MICRO_REF_PARAMS, tok.vocab_size, seed + 1)
-            if pretrain_steps > 0:
-                pretrain(policy, tokens, pretrain_steps, seed, seq=seq)
-                pretrain(ref, tokens, pretrain_steps, seed + 1, seq=seq)
+            states = [pretrained_state(*a) for a in args]
+        policy = _new_model(MICRO_MTP_PARAMS, tok.vocab_size, seed)
+        ref = _new_model(MICRO_REF_PARAMS, tok.vocab_size, seed + 1)
+        policy.load_state_dict(states[0])
+        ref.load_state_dict(states[1])
         save_meta_dir(policy, mtp_dir)
         export_hf_state_dict(ref.state_dict(), ref.args, ref_dir, tokenizer_file=tok_file)
         info = {
             "recipe": ASSETS_RECIPE,
+            "build": build or {},
             "seed": seed,
             "vocab_size": tok.vocab_size,
             "pretrain_steps": pretrain_steps,
             "corpus_files": len(corpus_files),
             "corpus_documents": len(docs),
             "pretrain_records": len(pretrain_records or []),
+            "pretrain_sequences": len(seqs),
         }
         (mtp_dir / "assets.json").write_text(json.dumps(info, indent=2) + "\n")
         for src, rel in ((mtp_dir, MICRO_MTP_DIR), (ref_dir, MICRO_REF_DIR)):
