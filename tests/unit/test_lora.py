@@ -67,8 +67,9 @@ def test_starts_equal_to_the_base_with_the_formula_count_and_storage_dtypes() ->
         assert p.requires_grad == lora.is_adapter_key(name), name
 
 
-def test_a_step_changes_only_adapters_and_the_value_head() -> None:
-    m = adapted(targets=["wq", "wv", "w2"], trained=False).train()
+@pytest.mark.parametrize("targets", [["wq", "wv", "w2"], ["output"]])  # output: frozen trunk
+def test_a_step_changes_only_adapters_and_the_value_head(targets) -> None:
+    m = adapted(targets=targets, trained=False).train()
     head = ValueHead(32)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     head_before = copy.deepcopy(head.state_dict())
