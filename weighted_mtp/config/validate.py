@@ -323,13 +323,17 @@ def _check_lora(c: _Checker, stage: str | None) -> None:
     c.range(f"{key}.dropout", dropout is None or 0 <= dropout < 1, "0 <= dropout < 1", "0.05")
     targets = list(c.get(f"{key}.target_modules") or [])
     unknown = [t for t in targets if t not in TARGETS]
-    if unknown or not targets or len(set(targets)) != len(targets):
-        what = f"unknown module(s) {', '.join(map(repr, unknown))}" if unknown else "duplicates"
+    problem = (
+        "is empty" if not targets
+        else f"names unknown module(s) {', '.join(map(repr, unknown))}" if unknown
+        else "has duplicates" if len(set(targets)) != len(targets)
+        else None
+    )  # fmt: skip
+    if problem:
         c.add(
             f"{key}.target_modules",
             targets,
-            f"{what if targets else 'is empty'}: must be a non-empty list of distinct "
-            f"Meta-layout linear layers out of {', '.join(TARGETS)}",
+            f"{problem}: must list distinct Meta-layout linear layers out of {', '.join(TARGETS)}",
             f"--override '{key}.target_modules=[wq,wk,wv,wo,w1,w2,w3]'",
         )
     if c.get(f"{key}.enabled") and stage == "critic":

@@ -123,9 +123,8 @@ class Checkpointer:
         # LoRA: only the (replicated) adapters of the policy are saved, in peft's format
         policy = modules.get("policy")
         self.adapted = policy is not None and lora.is_adapted(policy)
-        self.options = StateDictOptions(ignore_frozen_params=True, strict=False)
-        if not self.adapted:
-            self.options = None
+        frozen_base = StateDictOptions(ignore_frozen_params=True, strict=False)
+        self.options = frozen_base if self.adapted else None
         # a trained FSDP-sharded policy: every rank writes its own shards
         self.sharded = parallel.sharded and "policy" in modules and not self.adapted
         self.config = _absolute_config(cfg)
