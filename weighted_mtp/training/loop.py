@@ -123,6 +123,8 @@ def _train(
     del reader
     if adapters is not None:  # the base frozen in models.policy.dtype, float32 adapters
         lora.apply(model, adapters, cfg.runtime.seed)
+        trainable, frozen = lora.count_parameters(model)
+        log.info("LoRA: %d trainable adapter parameters, %d frozen", trainable, frozen)
     modules = task.trainable_modules(model)
     for m in modules.values():
         m.train()
