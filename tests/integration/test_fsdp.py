@@ -185,6 +185,9 @@ def test_reduce_scatter_per_micro_batch(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results.pop("foreach_mixed") == {"steps": True, "one_mixed_group_fails": True}
+    # LoRA (frozen base, replicated adapters) under ddp and fsdp == 1 process, 2 steps
+    lora = results.pop("lora")
+    assert all(d < 1e-5 for d in lora.values()), lora
     for amp, r in results.items():
         # per rank and micro-batch: every unit's gradient reduce-scattered once, during
         # that micro-batch's backward (sharded gradients afterwards, nothing unreduced);
@@ -330,6 +333,7 @@ def _worker(out_path: str) -> None:
             "max_param_diff": param_diff,
         }
     results["foreach_mixed"] = _foreach_mixed(model, build_optimizer)
+    results["lora"] = _lora_parallel(base, task, rank)
     if rank == 0:
         Path(out_path).write_text(json.dumps(results, indent=1))
     tdist.barrier()  # no rank tears gloo down while another still talks to it
@@ -351,6 +355,37 @@ def _foreach_mixed(model, build_optimizer) -> dict[str, bool]:
     except Exception:
         mixed_fails = True
     return {"steps": not torch.equal(before, head.weight), "one_mixed_group_fails": mixed_fails}
+
+
+def _lora_parallel(base, task, rank: int) -> dict[str, float]:
+    """Adapters after 2 steps on 2 ranks (ddp: Replicated, fsdp: Sharded) vs 1 process on
+    the global batch: max |difference| per mode."""
+    from weighted_mtp.models import lora
+    from weighted_mtp.training.distributed import DistInfo, env_info
+    from weighted_mtp.training.optim import build_optimizer
+    from weighted_mtp.training.parallel import Replicated, Sharded
+    from weighted_mtp.training.step import optimizer_step
+
+    cpu, scaler = torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
+    config = lora.lora_config(4, 8, 0.0, ["wq", "w2", "output"])
+    runs = {}
+    for name, par in (("one", Replicated(DistInfo(), cpu, None)),
+                      ("ddp", Replicated(env_info(), cpu, None)),
+                      ("fsdp", Sharded(env_info(), cpu, None))):  # fmt: skip
+        model = copy.deepcopy(base).requires_grad_(False)
+        par.prepare(model)
+        lora.apply(model, config, seed=0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = build_optimizer(params, 1e-2, 0.0, foreach=True)
+        for step in range(2):
+            batches = _global_batches(step, model.args.vocab_size)
+            mine = batches if name == "one" else [batches[2 * m + rank] for m in range(2)]
+            optimizer_step(mine, task, model, par, opt, scaler, params, 1.0, cpu, None)
+        runs[name] = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        name: max((runs["one"][k] - t).abs().max().item() for k, t in runs[name].items())
+        for name in ("ddp", "fsdp")
+    }
 
 
 def _before(fn, hook):

@@ -37,11 +37,26 @@ class ExperimentConfig:
 
 
 @dataclass
+class PolicyLoraConfig:
+    """LoRA adapters through peft (weighted_mtp.models.lora): the base frozen in ``dtype``."""
+
+    enabled: bool = False
+    r: int = 16  # adapter rank
+    alpha: float = 32.0  # scaling alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input
+    # Meta-layout linear layers adapted in every block (wq wk wv wo w1 w2 w3) and/or output
+    target_modules: list[str] = field(
+        default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+    )
+
+
+@dataclass
 class PolicyModelConfig:
     name: str = ""
     path: str = MISSING
     tokenizer_path: str | None = None
     dtype: str = "float32"
+    lora: PolicyLoraConfig = field(default_factory=PolicyLoraConfig)
 
 
 @dataclass

@@ -138,6 +138,7 @@ def validate(
     _check_stage_fields(c, stage)
     _check_curriculum(c)
     _check_weighting(c)
+    _check_lora(c, stage)
     if check_paths:
         c.path("models.policy.path", "policy model")
         c.path("models.policy.tokenizer_path", "tokenizer")
@@ -308,6 +309,40 @@ _STAGE_REQUIRED = {
 def _check_stage_fields(c: _Checker, stage: str | None) -> None:
     for key in _STAGE_REQUIRED.get(stage or "", ()):
         c.require(key, f"is required for stage {stage}")
+
+
+def _check_lora(c: _Checker, stage: str | None) -> None:
+    """``models.policy.lora``: ranges, known target modules, a stage that trains the policy."""
+    from weighted_mtp.models.lora import TARGETS
+
+    key = "models.policy.lora"
+    r, alpha, dropout = (_num(c, f"{key}.{k}") for k in ("r", "alpha", "dropout"))
+    c.range(f"{key}.r", r is None or r >= 1, ">= 1", "16")
+    c.range(f"{key}.alpha", alpha is None or alpha > 0, "> 0", "32")
+    c.range(f"{key}.dropout", dropout is None or 0 <= dropout < 1, "0 <= dropout < 1", "0.05")
+    targets = list(c.get(f"{key}.target_modules") or [])
+    unknown = [t for t in targets if t not in TARGETS]
+    problem = (
+        "is empty" if not targets
+        else f"names unknown module(s) {', '.join(map(repr, unknown))}" if unknown
+        else "has duplicates" if len(set(targets)) != len(targets)
+        else None
+    )  # fmt: skip
+    if problem:
+        c.add(
+            f"{key}.target_modules",
+            targets,
+            f"{problem}: must list distinct Meta-layout linear layers out of {', '.join(TARGETS)}",
+            f"--override '{key}.target_modules=[wq,wk,wv,wo,w1,w2,w3]'",
+        )
+    if c.get(f"{key}.enabled") and stage == "critic":
+        c.add(
+            f"{key}.enabled",
+            True,
+            "the critic stage trains no policy weights (the policy is frozen), so adapters "
+            "would never change",
+            f"--override {key}.enabled=false (use LoRA for baseline, verifiable or rho1)",
+        )
 
 
 def _check_weighting(c: _Checker) -> None:

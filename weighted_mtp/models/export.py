@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from weighted_mtp.errors import UserError
+from weighted_mtp.models import lora
 from weighted_mtp.models.formats import (
     check_state_dict,
     read_checkpoint,
@@ -42,6 +43,13 @@ _BLOCK_KEYS = {
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
+
+
+# LoRA target modules: Meta name -> LlamaForCausalLM name
+_HF_MODULES = {
+    "wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
+    "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj", "output": "lm_head",
+}  # fmt: skip
 
 
 def permute_rope(w: Tensor, n_heads: int) -> Tensor:
@@ -131,19 +139,87 @@ def export_hf_state_dict(
     return out
 
 
+def hf_adapter_state_dict(adapter: Mapping[str, Tensor], args: ModelArgs) -> dict[str, Tensor]:
+    """peft adapter tensors of the MTP model (peft file keys) -> those of the exported
+    LlamaForCausalLM: block and ``output`` names mapped like the weights, ``lora_B`` of
+    wq / wk row-permuted like wq / wk (``lora_A`` acts on the input side: unchanged).
+    Adapters of ``extra_heads`` are dropped with the heads (HF Llama has none)."""
+    n_kv = int(args.n_kv_heads or args.n_heads)
+    out = {}
+    for key, t in adapter.items():
+        name = key.removeprefix(lora.PEFT_PREFIX)  # e.g. layers.3.attention.wq.lora_B.weight
+        module, _, tail = name.partition(".lora_")
+        if module == "output":
+            out[f"{lora.PEFT_PREFIX}lm_head.lora_{tail}"] = t
+        elif module.startswith("layers."):
+            _, i, sub = module.split(".", 2)
+            if tail.startswith("B") and sub in ("attention.wq", "attention.wk"):
+                t = permute_rope(t, args.n_heads if sub == "attention.wq" else n_kv)
+            hf = _BLOCK_KEYS[f"{sub}.weight"].removesuffix(".weight")
+            out[f"{lora.PEFT_PREFIX}model.layers.{i}.{hf}.lora_{tail}"] = t
+    return out
+
+
+def export_hf_adapter(
+    base: Mapping[str, Tensor],
+    adapter: Mapping[str, Tensor],
+    config: Any,
+    args: ModelArgs,
+    out_dir: str | Path,
+    dtype: str | torch.dtype | None = None,
+    tokenizer_file: Path | None = None,
+) -> Path:
+    """``OUT/base`` (the un-adapted LlamaForCausalLM) + ``OUT/adapter`` (a peft adapter
+    directory for it: ``PeftModel.from_pretrained(base_model, OUT/adapter)``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    base_dir = export_hf_state_dict(base, args, out / "base", dtype, tokenizer_file)
+    hf_config = lora.lora_config(
+        config.r,
+        config.lora_alpha,
+        config.lora_dropout,
+        sorted({_HF_MODULES[t] for t in config.target_modules}),
+        str(base_dir.resolve()),
+        task_type="CAUSAL_LM",
+    )
+    (out / "adapter").mkdir(parents=True, exist_ok=True)
+    hf_config.save_pretrained(str(out / "adapter"))
+    tensors = hf_adapter_state_dict(adapter, args)
+    tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(out / "adapter" / lora.WEIGHTS_FILE), metadata={"format": "pt"})
+    return out
+
+
 def export_hf(
-    checkpoint_or_meta_dir: str | Path, out_dir: str | Path, dtype: str | torch.dtype | None = None
+    checkpoint_or_meta_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str | torch.dtype | None = None,
+    adapter_dir: str | Path | None = None,
 ) -> Path:
     """Export a Meta directory, a safetensors checkpoint or a training checkpoint
-    directory (``checkpoint_final/``, replicated or fsdp); the tokenizer is copied."""
+    directory (``checkpoint_final/``, replicated or fsdp); the tokenizer is copied. A
+    LoRA checkpoint is exported merged; with ``adapter_dir`` also as base + peft adapter
+    (:func:`export_hf_adapter`)."""
     from weighted_mtp.training.checkpoint import is_checkpoint, load_policy
 
     src = Path(checkpoint_or_meta_dir)
     if is_checkpoint(src):  # verified against its manifest; an old .pt is refused
-        model, tokenizer = load_policy(src)
-        return export_hf_state_dict(
-            model.state_dict(), model.args, out_dir, dtype, Path(tokenizer.path)
-        )
+        model, tokenizer = load_policy(src, merge=False)
+        tok = Path(tokenizer.path)
+        sd = model.state_dict()
+        if lora.is_adapted(model):
+            base, adapter = lora.split(model)
+            if adapter_dir is not None:
+                config = model.peft_config[lora.ADAPTER]
+                export_hf_adapter(base, adapter, config, model.args, adapter_dir, dtype, tok)
+            lora.merge(model)
+            sd = lora.split(model)[0]
+        elif adapter_dir is not None:
+            raise UserError(f"--adapter: {src} holds no LoRA adapter (full fine-tuning)")
+        return export_hf_state_dict(sd, model.args, out_dir, dtype, tok)
+    if adapter_dir is not None:
+        raise UserError(f"--adapter needs a LoRA training checkpoint, not {src}")
     args, sd = read_checkpoint(src)
     base = src if src.is_dir() else src.parent
     tok = next(
@@ -165,12 +241,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, help="float32 | bfloat16 | float16 (default: the checkpoint's)"
     )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR",
+        help="LoRA checkpoints: also write DIR/base (the base model) and DIR/adapter (a peft "
+        "adapter for it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     src = Path(args.checkpoint)
     if not src.exists():
         raise UserError(f"--checkpoint {src} does not exist")
-    out = export_hf(src, args.out, args.dtype)
+    out = export_hf(src, args.out, args.dtype, getattr(args, "adapter", None))
     print(f"exported {src} -> {out} (LlamaForCausalLM, next-token head)")
+    if getattr(args, "adapter", None):
+        print(f"  base + peft adapter -> {args.adapter}/base, {args.adapter}/adapter")
     return 0

@@ -85,10 +85,11 @@ def _components(result: RankResult) -> dict[str, float]:
     for cat, b in result.categories.items():
         name = COMPONENTS.get(cat, "activations")
         out[name] = out.get(name, 0.0) + b / GB
-    b = result.module_bytes.get("value_head", 0)
-    if b:  # its weights are tracked as parameters; shown on their own
-        out["parameters"] = out.get("parameters", 0.0) - b / GB
-        out["value head"] = b / GB
+    for key, name in (("value_head", "value head"), ("adapters", "LoRA adapters")):
+        b = result.module_bytes.get(key, 0)
+        if b:  # their weights are tracked as parameters; shown on their own
+            out["parameters"] = out.get("parameters", 0.0) - b / GB
+            out[name] = b / GB
     if result.module_bytes.get("reference"):  # resident in rho1's scoring pass only
         out["reference model (scoring pass only)"] = result.module_bytes["reference"] / GB
     return {k: round(v, 6) for k, v in out.items() if v}

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from weighted_mtp.data.collate import Batch
+from weighted_mtp.models import lora
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
@@ -34,7 +35,7 @@ from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype
 from weighted_mtp.training.step import optimizer_step
-from weighted_mtp.training.task import Task
+from weighted_mtp.training.task import Task, prepare_policy
 from weighted_mtp.training.validator import EVAL_BATCH_FACTOR, Validator
 
 CUDA = torch.device("cuda")
@@ -170,11 +171,11 @@ def run_rank(
         t_cfg.activation_checkpointing, t_cfg.activation_checkpointing_blocks
     )
     task = build_task(cfg, model)
-    if not task.train_policy:
-        model.requires_grad_(False)
-    elif next(model.parameters()).dtype != torch.float32:
-        model.float()
+    adapters = lora.config_of(cfg)
+    prepare_policy(model, task, adapters is not None)
     parallel.load(model, ShapeReader(args, checkpoint_dtype))  # type: ignore[arg-type]
+    if adapters is not None:
+        lora.apply(model, adapters, cfg.runtime.seed)
     modules = task.trainable_modules(model)
     for m in modules.values():
         m.to(device).train()
@@ -185,6 +186,8 @@ def run_rank(
     module_bytes = {"policy": local_bytes(model.parameters())}
     if task.value_head is not None:
         module_bytes["value_head"] = local_bytes(task.value_head.parameters())
+    if adapters is not None:  # trainable LoRA adapters (float32) next to the frozen base
+        module_bytes["adapters"] = local_bytes(p for p in model.parameters() if p.requires_grad)
     resident: list[Any] = [x for x in (model, task.value_head) if x is not None]
 
     reference_peak = 0

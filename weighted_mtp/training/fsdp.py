@@ -63,8 +63,9 @@ def trunk_units(model: MTPTransformer) -> list[nn.Module]:
 
 
 def shared_units(model: MTPTransformer) -> list[nn.Module]:
-    """The units every head pass runs: resident for a micro-batch."""
-    return [model.norm, model.output]
+    """The units every head pass runs: resident for a micro-batch (``output`` itself when
+    a LoRA layer wraps it: peft's ``base_layer``)."""
+    return [model.norm, getattr(model.output, "base_layer", model.output)]
 
 
 def units(model: MTPTransformer) -> list[FSDPModule]:

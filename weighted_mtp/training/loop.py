@@ -24,6 +24,7 @@ from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.sampling import build_sampler
 from weighted_mtp.errors import TrainingDiverged, UserError
+from weighted_mtp.models import lora
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, meta_model
@@ -38,7 +39,7 @@ from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everything
 from weighted_mtp.training.step import optimizer_step
-from weighted_mtp.training.task import Task
+from weighted_mtp.training.task import Task, prepare_policy
 from weighted_mtp.training.validator import Validator
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,14 @@ def _train(
     )
     task = build_task(cfg, model, tokenizer, device)
     task.check_inputs()
-    if not task.train_policy:
-        model.requires_grad_(False)
-    elif next(model.parameters()).dtype != torch.float32:
-        # AdamW cannot update fp16/bf16 weights (eps underflows, small steps round away):
-        # a trained policy keeps float32 master weights; low-precision compute comes from
-        # runtime.mixed_precision (autocast).
-        log.info("training float32 master weights (models.policy.dtype applies when frozen)")
-        model.float()
+    adapters = lora.config_of(cfg)
+    prepare_policy(model, task, adapters is not None)
     parallel.load(model, reader)
     del reader
+    if adapters is not None:  # the base frozen in models.policy.dtype, float32 adapters
+        lora.apply(model, adapters, cfg.runtime.seed)
+        trainable, frozen = lora.count_parameters(model)
+        log.info("LoRA: %d trainable adapter parameters, %d frozen", trainable, frozen)
     modules = task.trainable_modules(model)
     for m in modules.values():
         m.train()

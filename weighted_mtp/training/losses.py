@@ -191,9 +191,11 @@ def backward_trunk(trunk_hidden: Tensor, out: MTPLossOutput, *extra_losses: Tens
     """Finish ``mtp_loss``'s backward: one pass through the trunk (plus extra losses)."""
     if out.trunk_grad is None:
         raise ValueError("mtp_loss was called with backward=False: no trunk gradient")
-    tensors = [trunk_hidden, *extra_losses]
-    grads = [out.trunk_grad, *([None] * len(extra_losses))]
-    torch.autograd.backward(tensors, grads)
+    tensors, grads = list(extra_losses), [None] * len(extra_losses)
+    if trunk_hidden.requires_grad:  # not when nothing in the trunk trains (LoRA on heads only)
+        tensors, grads = [trunk_hidden, *tensors], [out.trunk_grad, *grads]
+    if tensors:
+        torch.autograd.backward(tensors, grads)
 
 
 def naive_mtp_loss(

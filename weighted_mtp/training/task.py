@@ -104,6 +104,17 @@ class Task:
         return mods
 
 
+def prepare_policy(model: MTPTransformer, task: Task, adapted: bool = False) -> None:
+    """Before the policy's weights are loaded: a frozen policy (critic) or the base of LoRA
+    adapters (``adapted``) keeps its storage dtype; a fully trained one gets float32
+    master weights, since AdamW cannot update fp16/bf16 weights (eps underflows, small
+    steps round away); low-precision compute comes from ``runtime.mixed_precision``."""
+    if not task.train_policy or adapted:
+        model.requires_grad_(False)
+    elif next(model.parameters()).dtype != torch.float32:
+        model.float()
+
+
 @dataclass
 class Denominators:
     """Token-exact normalisers of one optimizer step (summed over its micro-batches)."""

@@ -22,8 +22,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
+from weighted_mtp.models import lora
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import compat
 from weighted_mtp.training.checkpoint.files import (
@@ -115,8 +120,13 @@ class Checkpointer:
         self.save_dir = Path(self.c.save_dir)
         self.best, self.best_step, self.step = math.inf, -1, 0
         self.container = nn.ModuleDict(modules)
+        # LoRA: only the (replicated) adapters of the policy are saved, in peft's format
+        policy = modules.get("policy")
+        self.adapted = policy is not None and lora.is_adapted(policy)
+        frozen_base = StateDictOptions(ignore_frozen_params=True, strict=False)
+        self.options = frozen_base if self.adapted else None
         # a trained FSDP-sharded policy: every rank writes its own shards
-        self.sharded = parallel.sharded and "policy" in modules
+        self.sharded = parallel.sharded and "policy" in modules and not self.adapted
         self.config = _absolute_config(cfg)
         self._plan: dict[str, Any] | None = None
 
@@ -162,10 +172,14 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         self.plan()
         dist.barrier(info)
-        msd, osd = get_state_dict(self.container, self.optimizer)
+        msd, osd = get_state_dict(self.container, self.optimizer, options=self.options)
         opt_tensors: dict[str, torch.Tensor] = {}
         optim_skel = encode(osd, opt_tensors)
         rank, world = info.rank, info.world_size
+        if self.adapted:
+            adapter = {k.removeprefix(POLICY): msd.pop(k) for k in list(msd) if _is_adapter(k)}
+            if info.is_main:
+                lora.write(tmp, self.modules["policy"].peft_config[lora.ADAPTER], adapter)
         mine = [
             write_part(tmp, "weights", msd, rank, world, self.sharded),
             write_part(tmp, "optimizer", opt_tensors, rank, world, self.sharded),
@@ -277,22 +291,33 @@ class Checkpointer:
                 file=sys.stderr,
                 flush=True,
             )
-        msd, osd = get_state_dict(self.container, self.optimizer)
+        msd, osd = get_state_dict(self.container, self.optimizer, options=self.options)
+        adapter = self._adapter_of(ck)
         weights = ck.part("weights")
-        extra = sorted(set(weights) - set(msd))
-        missing = sorted(set(msd) - set(weights))
+        saved = set(weights) | {POLICY + k for k in adapter}
+        extra = sorted(saved - set(msd))
+        missing = sorted(set(msd) - saved)
         if extra or missing:
             raise CheckpointError(
-                f"{ck.path}: its modules do not match this run's (another model or stage): "
-                f"missing {missing[:5]}, unexpected {extra[:5]}"
+                f"{ck.path}: its modules do not match this run's (another model or stage, or "
+                f"models.policy.lora): missing {missing[:5]}, unexpected {extra[:5]}"
             )
-        msd = {k: weights.into(k, t) for k, t in msd.items()}
+        msd = {
+            k: _into(adapter[k.removeprefix(POLICY)], t, k, ck.path)
+            if _is_adapter(k)
+            else weights.into(k, t)
+            for k, t in msd.items()
+        }
         targets: dict[str, torch.Tensor] = {}
         encode(osd, targets)
         optim = ck.part("optimizer")
         saved_osd = _decode_optim(ck.meta["optimizer"], optim, targets, ck.path)
         set_state_dict(
-            self.container, self.optimizer, model_state_dict=msd, optim_state_dict=saved_osd
+            self.container,
+            self.optimizer,
+            model_state_dict=msd,
+            optim_state_dict=saved_osd,
+            options=self.options,
         )
         meta = ck.meta
         self.scheduler.load_state_dict(meta["scheduler"])
@@ -306,6 +331,31 @@ class Checkpointer:
         best = meta["best_val_loss"]
         self.best = math.inf if best is None else best
         self.best_step = int(meta.get("best_step", -1))
+
+    def _adapter_of(self, ck: Checkpoint) -> dict[str, torch.Tensor]:
+        """The checkpoint's LoRA adapter tensors by parameter name (none without LoRA),
+        after checking that its adapter settings are this run's."""
+        saved = ck.adapter()
+        if saved is None:
+            if self.adapted:
+                raise CheckpointError(
+                    f"{ck.path} has no LoRA adapter (a full fine-tuning checkpoint): resume it "
+                    "with models.policy.lora.enabled=false, or start fresh"
+                )
+            return {}
+        config, tensors = saved
+        if not self.adapted:
+            raise CheckpointError(
+                f"{ck.path} holds LoRA adapters: resume it with models.policy.lora.enabled=true "
+                "and its settings (adapter_config.json), or start fresh"
+            )
+        changed = lora.same_settings(config, self.modules["policy"].peft_config[lora.ADAPTER])
+        if changed:
+            raise CheckpointError(
+                f"cannot resume from {ck.path}: models.policy.lora would change "
+                f"({'; '.join(changed)}); resume with the checkpoint's adapter settings"
+            )
+        return {lora.param_name(k): v for k, v in tensors.items()}
 
     def _reconcile_best(self) -> None:
         """Make ``checkpoint_best`` the recorded best again if a kill cut its update."""
@@ -329,6 +379,22 @@ class Checkpointer:
             except CheckpointError:
                 continue
         log.warning("checkpoint_best does not match the recorded best step %d", self.best_step)
+
+
+POLICY = "policy."
+
+
+def _is_adapter(key: str) -> bool:
+    return key.startswith(POLICY) and lora.is_adapter_key(key)
+
+
+def _into(src: torch.Tensor, target: torch.Tensor, key: str, where: Path) -> torch.Tensor:
+    if tuple(src.shape) != tuple(target.shape):
+        raise CheckpointError(
+            f"{where}: adapter tensor {key} has shape {tuple(src.shape)}, this run "
+            f"{tuple(target.shape)} (another model shape)"
+        )
+    return src
 
 
 def _decode_optim(skel: Any, optim, targets: dict[str, torch.Tensor], where: Path) -> Any:

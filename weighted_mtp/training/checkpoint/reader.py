@@ -115,6 +115,26 @@ class Checkpoint:
                 out.setdefault(name, {})[rest] = reader.full(key)
         return out
 
+    def adapter(self) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """The LoRA adapter (peft's ``LoraConfig``, tensors by peft file key), verified
+        against the manifest; None for a full fine-tuning checkpoint."""
+        from safetensors.torch import load_file
+
+        from weighted_mtp.models import lora
+
+        if lora.WEIGHTS_FILE not in self.manifest.files:
+            return None
+        config_file = self.manifest.path(lora.CONFIG_FILE)
+        weights_file = self.manifest.path(lora.WEIGHTS_FILE)
+        try:
+            config = lora.read_config(config_file)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{config_file}: not a LoRA adapter config ({exc})") from None
+        try:
+            return config, load_file(str(weights_file))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{weights_file}: not readable safetensors ({exc})") from None
+
     def rng(self) -> dict[str, Any]:
         reader = self.part("rng")
         return decode(self.meta["rng"], reader.full)
@@ -153,6 +173,9 @@ def load(path: str | Path, with_modules: bool = True) -> dict[str, Any]:
     state = dict(ck.meta) | {"config": ck.config}
     if with_modules:
         state["modules"] = ck.modules()
+        adapter = ck.adapter()
+        if adapter is not None:  # LoRA: the adapter tensors by peft file key
+            state["adapter"] = adapter[1]
     return state
 
 
@@ -188,12 +211,14 @@ def load_value_head(path: str | Path) -> ValueHead:
     return head
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu"):
+def load_policy(path: str | Path, device: str | torch.device = "cpu", merge: bool = True):
     """The policy of a training checkpoint, with its tokenizer: (model, tokenizer).
 
     The base model comes from the checkpoint's ``models.policy`` config; a checkpoint
-    that trained the policy (baseline, verifiable, rho1) overrides its weights. A Meta
-    directory or safetensors checkpoint is loaded as it is.
+    that trained the policy (baseline, verifiable, rho1) overrides its weights, or, with
+    LoRA, adds its adapters: merged into the base weights (``merge``, a plain
+    :class:`MTPTransformer`) or as peft layers. A Meta directory or safetensors checkpoint
+    is loaded as it is.
     """
     from weighted_mtp.models.formats import check_state_dict, load_model
     from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
@@ -215,5 +240,16 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"):
     if trained is not None:
         check_state_dict(trained, model.args, str(ck.manifest.path("state.json").parent))
         model.load_state_dict(trained)
+    adapter = ck.adapter()
+    if adapter is not None:
+        from weighted_mtp.errors import UserError
+        from weighted_mtp.models import lora
+
+        try:
+            tuner = lora.attach(model, *adapter)
+        except UserError as exc:
+            raise CheckpointError(f"{p}: {exc}") from None
+        if merge:
+            model = tuner.merge_and_unload()
     tok = policy_tokenizer_path(model_path, ck.config_path("models.policy.tokenizer_path"))
     return model, load_tokenizer(tok)
