@@ -54,7 +54,7 @@ def build_deep_policy(storage: Path, out: Path) -> Path:
 
     import torch
 
-    from weighted_mtp.models.assets import MICRO_MTP_DIR, MICRO_MTP_PARAMS
+    from weighted_mtp.assets import MICRO_MTP_DIR, MICRO_MTP_PARAMS
     from weighted_mtp.models.formats import save_meta_dir
     from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
     from weighted_mtp.models.tokenizer import TOKENIZER_FILE, Tokenizer

@@ -63,7 +63,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, str] = {
     "setup": "weighted_mtp.setup_assets",
     "prepare": "weighted_mtp.data.prepare",
-    "export": "weighted_mtp.models.export",
+    "export": "weighted_mtp.export",
     "evaluate": "weighted_mtp.evaluation.cli",
     "checkpoint": "weighted_mtp.training.checkpoint.migrate",
     "compare": "weighted_mtp.compare",

@@ -48,9 +48,9 @@ def setup(
     synthetic problems that are in no split (``datasets/synthetic/pretrain.jsonl``);
     ``jobs`` > 1 pretrains both at once in worker processes (same weights). Assets built
     with another seed or pretraining budget are rebuilt."""
+    from weighted_mtp.assets import assets_complete, build_micro_assets
     from weighted_mtp.data.index import Index, JsonlWriter
     from weighted_mtp.data.synthetic import pretrain_corpus, write_synthetic
-    from weighted_mtp.models.assets import assets_complete, build_micro_assets
 
     splits = write_synthetic(storage / "datasets" / "synthetic" / "processed", seed=seed)
     build = {"seed": seed, "pretrain_problems": pretrain_problems, "pretrain_steps": pretrain_steps}

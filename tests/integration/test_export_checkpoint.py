@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from weighted_mtp import app
-from weighted_mtp.models import export
+from weighted_mtp import app, export
 from weighted_mtp.training.checkpoint import load_policy
 
 

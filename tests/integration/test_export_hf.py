@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from weighted_mtp import export
 from weighted_mtp.errors import UserError
-from weighted_mtp.models import export
+from weighted_mtp.models import hf
 from weighted_mtp.models.formats import load_meta_dir, model_from_state_dict, save_meta_dir
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 
@@ -73,7 +74,7 @@ def _hf_to_meta(sd: dict[str, torch.Tensor], n_heads: int, n_kv: int) -> dict:
         rows, dim = w.shape
         return w.view(h, 2, rows // h // 2, dim).transpose(1, 2).reshape(rows, dim)
 
-    names = {v: k for k, v in export._BLOCK_KEYS.items()}
+    names = {v: k for k, v in hf._BLOCK_KEYS.items()}
     out = {
         "tok_embeddings.weight": sd["model.embed_tokens.weight"],
         "norm.weight": sd["model.norm.weight"],

@@ -14,10 +14,10 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from weighted_mtp import app
+from weighted_mtp import app, export
 from weighted_mtp.__main__ import main
 from weighted_mtp.evaluation.speculative import speculative_generate
-from weighted_mtp.models import export, lora
+from weighted_mtp.models import lora
 from weighted_mtp.models.formats import load_model
 from weighted_mtp.models.value_head import ValueHead, save_value_head
 from weighted_mtp.training import checkpoint as ckpt

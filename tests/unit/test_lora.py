@@ -15,7 +15,7 @@ from transformers import LlamaForCausalLM
 from weighted_mtp.__main__ import main
 from weighted_mtp.config.loader import compose
 from weighted_mtp.config.validate import ConfigValidationError, validate
-from weighted_mtp.models import export, lora
+from weighted_mtp.models import hf, lora
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.distributed import DistInfo
@@ -135,9 +135,9 @@ def test_hf_export_merged_and_base_plus_adapter_match_the_adapted_model(tmp_path
     with torch.no_grad():
         want = m(ids())[:, :, 0]  # HF Llama = trunk + the next-token head
     base, adapter = lora.split(m)
-    export.export_hf_adapter(base, adapter, m.peft_config[lora.ADAPTER], m.args, tmp_path)
+    hf.export_hf_adapter(base, adapter, m.peft_config[lora.ADAPTER], m.args, tmp_path)
     lora.merge(m)
-    export.export_hf_state_dict(lora.split(m)[0], m.args, tmp_path / "merged")
+    hf.export_hf_state_dict(lora.split(m)[0], m.args, tmp_path / "merged")
     hf_base = LlamaForCausalLM.from_pretrained(tmp_path / "base", local_files_only=True)
     with torch.no_grad():
         plain = hf_base(input_ids=ids()).logits

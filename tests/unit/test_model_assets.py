@@ -9,9 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from weighted_mtp.data.records import Record
-from weighted_mtp.errors import UserError
-from weighted_mtp.models.assets import (
+from weighted_mtp.assets import (
     ASSETS_RECIPE,
     MICRO_MTP_DIR,
     MICRO_REF_DIR,
@@ -24,6 +22,8 @@ from weighted_mtp.models.assets import (
     pretrained_state,
     record_sequences,
 )
+from weighted_mtp.data.records import Record
+from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import (
     load_meta_dir,
     load_safetensors,

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.errors import UserError
-from weighted_mtp.models.assets import (
+from weighted_mtp.assets import (
     MICRO_VOCAB_SIZE,
     corpus_documents,
     default_corpus_files,
     train_tokenizer,
 )
+from weighted_mtp.errors import UserError
 from weighted_mtp.models.tokenizer import Tokenizer, load_tokenizer
 
 

@@ -76,10 +76,6 @@ class ModelArgs:
         return self.dim // self.n_heads
 
     @property
-    def n_trunk_layers(self) -> int:
-        return self.n_layers - self.n_future_tokens
-
-    @property
     def ffn_hidden_dim(self) -> int:
         """Meta's FFN width rule (dim 4096, multiple_of 256 -> 11008)."""
         h = int(2 * 4 * self.dim / 3)

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 from weighted_mtp.data.collate import Encoded, encode_record
-from weighted_mtp.models.export import export_hf_state_dict
 from weighted_mtp.models.formats import save_meta_dir
+from weighted_mtp.models.hf import export_hf_state_dict
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.tokenizer import TOKENIZER_FILE, Tokenizer
 from weighted_mtp.training.losses import IGNORE_INDEX, backward_trunk, mtp_loss, mtp_targets
