@@ -76,7 +76,7 @@ def _strings(obj: Any) -> Iterator[str]:
 
 def default_corpus_files() -> list[Path]:
     """The project's own Python source and docs (used when no corpus is given)."""
-    pkg = Path(__file__).resolve().parents[1]
+    pkg = Path(__file__).resolve().parent
     files = sorted(pkg.rglob("*.py"))
     repo = pkg.parent
     files += sorted(p for p in [repo / "README.md", *(repo / "docs").rglob("*.md")] if p.is_file())
