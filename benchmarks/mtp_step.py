@@ -4,9 +4,11 @@
 (b) naive MTP: all heads' [B,S,n,V] logits at once (``naive_mtp_loss``);
 (c) ``LlamaForCausalLM`` with the same number of blocks, next-token loss.
 
-Each variant runs in a fresh subprocess (peak RSS = ``ru_maxrss`` of that process; every
-child imports torch and transformers so the baselines match). Prints the median step time
-after warm-up, the peak RSS, the ratios and the analytic FLOP ratio a/c.
+Each variant runs in a fresh subprocess (peak memory: on CPU the peak RSS, ``ru_maxrss`` of
+that process, every child importing torch and transformers so the baselines match; on
+CUDA ``torch.cuda.max_memory_allocated``). Prints the median step time after warm-up, the
+peak memory, the ratios and the analytic FLOP ratio a/c. ``--device cuda`` runs on the GPU
+with bf16 autocast (``--amp``), as training does there.
 
     python benchmarks/mtp_step.py            # dim 512, 8 blocks, vocab 32000, seq 512, batch 4
     python benchmarks/mtp_step.py --small    # seconds, for a smoke run
@@ -38,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--amp", default="none", help="autocast dtype (bfloat16) or 'none'")
     p.add_argument("--small", action="store_true", help="dim 128, 4 blocks, vocab 4096, seq 128")
     p.add_argument("--variant", choices=["a", "b", "c"], help=argparse.SUPPRESS)
     return p
@@ -69,7 +73,9 @@ def _run_variant(a: argparse.Namespace) -> dict:
     from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets, naive_mtp_loss
 
     torch.manual_seed(0)
-    ids = torch.randint(3, a.vocab, (a.batch, a.seq))
+    device = torch.device(a.device)
+    amp = None if a.amp == "none" else getattr(torch, a.amp)
+    ids = torch.randint(3, a.vocab, (a.batch, a.seq), device=device)
     mask = torch.ones_like(ids)
     if a.variant == "c":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -92,10 +98,11 @@ def _run_variant(a: argparse.Namespace) -> dict:
             tie_word_embeddings=False,
             attn_implementation="sdpa",
         )
-        model = LlamaForCausalLM(cfg)
+        model = LlamaForCausalLM(cfg).to(device)
 
         def step() -> float:
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+            with torch.autocast(device.type, amp, enabled=amp is not None):
+                loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
             loss.backward()
             return loss.item()
     else:
@@ -110,31 +117,39 @@ def _run_variant(a: argparse.Namespace) -> dict:
         )
         model = MTPTransformer(ma)
         model.init_weights(torch.Generator().manual_seed(0))
+        model.to(device)
         targets = mtp_targets(ids, a.n_future)
 
         def step() -> float:
-            h = model.trunk(ids, mask)
-            if a.variant == "a":
-                out = mtp_loss(model, h, mask, targets, chunk_size=a.chunk_size)
-                backward_trunk(h, out)
-            else:
-                out = naive_mtp_loss(model, h, mask, targets)
-                out.loss.backward()
+            with torch.autocast(device.type, amp, enabled=amp is not None):
+                h = model.trunk(ids, mask)
+                if a.variant == "a":
+                    out = mtp_loss(model, h, mask, targets, chunk_size=a.chunk_size)
+                    backward_trunk(h, out)
+                else:
+                    out = naive_mtp_loss(model, h, mask, targets)
+                    out.loss.backward()
             return out.loss.item()
 
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     times, losses = [], []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         losses.append(step())
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "variant": a.variant,
         "step_s": statistics.median(times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "loss": losses[-1],
     }
@@ -167,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"dim {a.dim}, blocks {a.blocks}, heads {a.heads}/{a.kv_heads} kv, vocab {a.vocab}, "
         f"seq {a.seq}, batch {a.batch}, n_future {a.n_future}, chunk {a.chunk_size}; "
-        f"median of {a.steps} steps after {a.warmup} warm-up"
+        f"median of {a.steps} steps after {a.warmup} warm-up; {a.device}, autocast {a.amp}"
     )
+    peak = "CUDA peak allocated" if a.device.startswith("cuda") else "peak RSS"
     for v in "abc":
         r = res[v]
         print(
-            f"  ({v}) {names[v]:<46} step {r['step_s']:8.3f} s   peak RSS "
+            f"  ({v}) {names[v]:<46} step {r['step_s']:8.3f} s   {peak} "
             f"{r['peak_rss_mb']:8.0f} MB   params {r['params_m']:.1f} M"
         )
     ra, rb, rc = res["a"], res["b"], res["c"]

@@ -13,6 +13,7 @@ collective counter: every number the plan prints comes from that run.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
@@ -49,6 +50,7 @@ class RankResult:
     reference_peak_bytes: int  # rho1: the scoring pass before training (0 otherwise)
     module_bytes: dict[str, int]  # policy / value_head / reference parameters on this rank
     flops: float  # one optimizer step of this rank (forward, backward, recompute)
+    step_seconds: list[float] = field(default_factory=list)  # run_rank(timed_steps=N)
     comm_bytes: dict[str, int] = field(default_factory=dict)  # collective -> bytes per step
     sharded: bool = False
 
@@ -98,7 +100,7 @@ def build_task(cfg: DictConfig, model: MTPTransformer) -> Task:
 def cached_ce(batch: Batch) -> torch.Tensor:
     """What ``ReferenceLossCache`` gives during training: per-token losses read from disk
     into a float32 [B, S] tensor."""
-    return torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    return torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
 
 
 class ShapeReader:
@@ -156,11 +158,14 @@ def run_rank(
     info: DistInfo,
     device: torch.device,
     checkpoint_dtype: torch.dtype = torch.bfloat16,
+    timed_steps: int = 0,
 ) -> RankResult:
     """Build, load and run one optimizer step + a validation batch of this rank, tracked.
 
-    Works on fake tensors (:func:`simulate_rank`) and on real ones (the memory benchmark
-    runs it under torchrun with gloo): that is how the plan is checked against reality.
+    Works on fake tensors (:func:`simulate_rank`) and on real ones (the memory benchmarks
+    run it with gloo on CPU and on a GPU): that is how the plan is checked against
+    reality. ``timed_steps`` more optimizer steps of the same batches follow untracked,
+    each timed (``RankResult.step_seconds``; real tensors only).
     """
     t_cfg = cfg.training
     amp = amp_dtype(cfg.runtime.mixed_precision, cfg.runtime.amp_dtype)
@@ -207,6 +212,14 @@ def run_rank(
         optimizer_step(batches, task, model, parallel, optimizer, scaler, params,
                        t_cfg.max_grad_norm, device, amp)  # fmt: skip
     train_peak, categories = peak(tracker)
+    step_seconds = []
+    for _ in range(timed_steps):
+        _synchronize(device)
+        t0 = time.perf_counter()
+        optimizer_step(batches, task, model, parallel, optimizer, scaler, params,
+                       t_cfg.max_grad_norm, device, amp)  # fmt: skip
+        _synchronize(device)
+        step_seconds.append(time.perf_counter() - t0)
     val_peak = _validation_peak(cfg, task, model, parallel, [*resident, optimizer], device, amp)
     return RankResult(
         peak_bytes=max(train_peak, val_peak, reference_peak),
@@ -217,7 +230,13 @@ def run_rank(
         flops=float(flops.get_total_flops()),
         comm_bytes=dict(tracker.comm_bytes),
         sharded=parallel.sharded,
+        step_seconds=step_seconds,
     )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _create_optimizer_state(params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:

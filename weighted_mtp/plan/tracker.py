@@ -20,6 +20,7 @@ run with the very tracker the plan uses (``benchmarks/memory.py``).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 from unittest import mock
@@ -91,7 +92,8 @@ class _ModuleStats(WeakIdKeyDictionary):
 
 
 _META_ONLY = [0]  # > 0 while DTensor's sharding propagation runs (metadata, no storage)
-_PROPAGATE = ShardingPropagator._propagate_tensor_meta_non_cached
+# a private method (torch 2.6 .. 2.13); where a torch lacks it nothing is patched
+_PROPAGATE = getattr(ShardingPropagator, "_propagate_tensor_meta_non_cached", None)
 
 
 def _propagate_untracked(self: ShardingPropagator, *args: Any, **kwargs: Any) -> Any:
@@ -111,17 +113,21 @@ class _Classify:
     _patch: Any
 
     def __enter__(self) -> Any:
-        self._patch = mock.patch.object(
-            ShardingPropagator, "_propagate_tensor_meta_non_cached", _propagate_untracked
+        self._patch = (
+            mock.patch.object(
+                ShardingPropagator, "_propagate_tensor_meta_non_cached", _propagate_untracked
+            )
+            if _PROPAGATE is not None
+            else contextlib.nullcontext()
         )
-        self._patch.start()
+        self._patch.__enter__()
         return super().__enter__()  # type: ignore[misc]
 
     def __exit__(self, *args: Any) -> None:
         try:
             super().__exit__(*args)  # type: ignore[misc]
         finally:
-            self._patch.stop()
+            self._patch.__exit__(None, None, None)
 
     def _track(self, reftype: _RefType, t: torch.Tensor) -> None:  # type: ignore[override]
         if reftype.value in _ACTIVATION_KINDS and t.dim() >= 2 and t.shape[-1] == self.vocab_size:
