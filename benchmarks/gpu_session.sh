@@ -10,6 +10,10 @@
 #   5. benchmarks/mtp_step.py (our MTP step vs naive MTP vs transformers' Llama) at the
 #      7B-8 shape; benchmarks/gpu.py for LoRA on the 7B-8 shape and for a 1.1B shape.
 # Logs and JSON go to $OUT (default ./gpu_out). DEVICE=cpu SMALL=1 runs a smoke version.
+# PARTS picks sections (default "bench cli more"). `setup` verifies the synthetic labels in
+# bubblewrap: on a machine without it, build the micro assets elsewhere (`python -m
+# weighted_mtp setup --storage DIR --pretrain-problems 200 --pretrain-steps 40`) and pass
+# ASSETS=DIR (copied, never written).
 set -u
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -19,6 +23,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${EXTRA_SITE:+:$EXTRA_SITE}"
 STORAGE=$(mktemp -d)
 trap 'rm -rf "$STORAGE"' EXIT
 small() { [ "${SMALL:-0}" = 1 ]; }
+part() { [[ " ${PARTS:-bench cli more} " == *" $1 "* ]]; }
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/all.log
     local name=$1 limit=$2
@@ -34,12 +39,19 @@ step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --f
   peft.__version__, torch.cuda.is_available())'"
 
 # the micro assets (CPU) build in the background while the GPU benchmarks run
-$PY -m weighted_mtp setup --storage "$STORAGE" --pretrain-problems 200 --pretrain-steps 40 \
-    --jobs 4 >"$OUT/setup.log" 2>&1 &
+if [ -n "${ASSETS:-}" ]; then
+    cp -r "$ASSETS"/. "$STORAGE"/
+    true &
+else
+    $PY -m weighted_mtp setup --storage "$STORAGE" --pretrain-problems 200 \
+        --pretrain-steps 40 --jobs 4 >"$OUT/setup.log" 2>&1 &
+fi
 SETUP_PID=$!
 
 # -- benchmarks ---------------------------------------------------------------------------
-if small; then
+if ! part bench; then
+    :
+elif small; then
     step lora_bench 300 $PY benchmarks/lora.py --small --device "$DEVICE" --steps 1
     step gpu_small 300 $PY benchmarks/gpu.py --small --device "$DEVICE" --steps 1 \
         --json "$OUT/gpu_small.json"
@@ -52,38 +64,40 @@ fi
 # -- every stage through the entrypoint, on the micro assets ------------------------------
 wait "$SETUP_PID"
 echo "=== setup: exit $? ($(date +%T))" | tee -a "$OUT/all.log"
-STEPS=$(small && echo 8 || echo 64)
-AMP=$([ "$DEVICE" = cpu ] && echo false || echo true)  # bf16 autocast on a CPU is slow
-DATA=$STORAGE/datasets/synthetic/processed
-RUN=(profile=local "runtime.device=$DEVICE" "runtime.mixed_precision=$AMP"
-     "models.policy.path=$STORAGE/models/micro-mtp"
-     "models.policy.tokenizer_path=$STORAGE/models/micro-mtp/tokenizer"
-     "models.reference.path=$STORAGE/models/micro-ref"
-     "models.reference.cache_dir=$STORAGE/ref_cache"
-     "dataset.train=$DATA/train.jsonl" "dataset.validation=$DATA/valid.jsonl"
-     "data_sampling.n_samples=$STEPS" training.batch_size=4 training.n_epochs=1
-     "training.eval_samples=$STEPS" "hydra.run.dir=$STORAGE/outputs/\${experiment.stage}")
-for stage in baseline critic rho1; do
-    step "train_$stage" 120 $PY -m weighted_mtp.cli "stage=$stage" "${RUN[@]}" \
-        "checkpoint.save_dir=$STORAGE/ckpt/$stage"
-done
-step train_verifiable 120 $PY -m weighted_mtp.cli stage=verifiable "${RUN[@]}" \
-    "checkpoint.save_dir=$STORAGE/ckpt/verifiable" \
-    "experiment.critic_checkpoint=$STORAGE/ckpt/critic/checkpoint_final"
-step train_lora 120 $PY -m weighted_mtp.cli stage=baseline "${RUN[@]}" \
-    models.policy.lora.enabled=true models.policy.dtype=bfloat16 \
-    "checkpoint.save_dir=$STORAGE/ckpt/lora"
-# generation on the device (KV cache); programs run only where bubblewrap can isolate them
-if command -v bwrap >/dev/null; then
-    step evaluate 120 $PY -m weighted_mtp evaluate --device "$DEVICE" --limit 16 \
-        --checkpoint "$STORAGE/ckpt/baseline/checkpoint_final" --data "$DATA/test.jsonl" \
-        --out "$STORAGE/eval"
-else
-    echo "=== evaluate: skipped (no bubblewrap on this machine)" | tee -a "$OUT/all.log"
+if part cli; then
+    STEPS=$(small && echo 8 || echo 64)
+    AMP=$([ "$DEVICE" = cpu ] && echo false || echo true)  # bf16 autocast on a CPU is slow
+    DATA=$STORAGE/datasets/synthetic/processed
+    RUN=(profile=local "runtime.device=$DEVICE" "runtime.mixed_precision=$AMP"
+         "models.policy.path=$STORAGE/models/micro-mtp"
+         "models.policy.tokenizer_path=$STORAGE/models/micro-mtp/tokenizer"
+         "models.reference.path=$STORAGE/models/micro-ref"
+         "models.reference.cache_dir=$STORAGE/ref_cache"
+         "dataset.train=$DATA/train.jsonl" "dataset.validation=$DATA/valid.jsonl"
+         "data_sampling.n_samples=$STEPS" training.batch_size=4 training.n_epochs=1
+         "training.eval_samples=$STEPS" "hydra.run.dir=$STORAGE/outputs/\${experiment.stage}")
+    for stage in baseline critic rho1; do
+        step "train_$stage" 120 $PY -m weighted_mtp.cli "stage=$stage" "${RUN[@]}" \
+            "checkpoint.save_dir=$STORAGE/ckpt/$stage"
+    done
+    step train_verifiable 120 $PY -m weighted_mtp.cli stage=verifiable "${RUN[@]}" \
+        "checkpoint.save_dir=$STORAGE/ckpt/verifiable" \
+        "experiment.critic_checkpoint=$STORAGE/ckpt/critic/checkpoint_final"
+    step train_lora 120 $PY -m weighted_mtp.cli stage=baseline "${RUN[@]}" \
+        models.policy.lora.enabled=true models.policy.dtype=bfloat16 \
+        "checkpoint.save_dir=$STORAGE/ckpt/lora"
+    # generation on the device (KV cache); programs run only where bubblewrap can isolate them
+    if command -v bwrap >/dev/null; then
+        step evaluate 120 $PY -m weighted_mtp evaluate --device "$DEVICE" --limit 16 \
+            --checkpoint "$STORAGE/ckpt/baseline/checkpoint_final" --data "$DATA/test.jsonl" \
+            --out "$STORAGE/eval"
+    else
+        echo "=== evaluate: skipped (no bubblewrap on this machine)" | tee -a "$OUT/all.log"
+    fi
 fi
 
 # -- more shapes --------------------------------------------------------------------------
-small && exit 0
+if small || ! part more; then exit 0; fi
 step mtp_step_7b8 150 $PY benchmarks/mtp_step.py --device "$DEVICE" --amp bfloat16 \
     --dim 4096 --blocks 8 --heads 32 --kv-heads 32 --seq 2048 --batch 4
 step gpu_7b8_lora 90 $PY benchmarks/gpu.py --preset 7b-8 --lora --stages baseline,rho1 \
