@@ -35,21 +35,16 @@ from weighted_mtp.data.records import (
     tests_of,
 )
 from weighted_mtp.errors import UserError
+from weighted_mtp.evaluation.checks import CheckResult, check_function, check_stdio
 from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
 from weighted_mtp.evaluation.generate import SamplingParams
-from weighted_mtp.evaluation.isolation import require_isolation
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
-from weighted_mtp.evaluation.sandbox import (
-    CheckResult,
-    Limits,
-    check_function,
-    check_stdio,
-    run_many,
-)
 from weighted_mtp.progress import Progress
+from weighted_mtp.sandbox.isolation import require_isolation
+from weighted_mtp.sandbox.limits import Limits
+from weighted_mtp.sandbox.runner import run_many
 
 log = logging.getLogger(__name__)
-__all__ = ["DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
 
 
 @dataclass
