@@ -22,11 +22,11 @@ from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import DTYPE_NAMES
 from weighted_mtp.models.value_head import VALUE_HEAD_TYPES
 from weighted_mtp.training.optim import SCHEDULES as LR_SCHEDULERS
+from weighted_mtp.training.parallel import PARALLELISMS
 from weighted_mtp.training.runtime import AMP_DTYPES, DEVICES
 from weighted_mtp.training.value import LOSS_TYPES
 from weighted_mtp.weighting.rho1 import SCOPES as RHO1_SCOPES
 
-PARALLELISMS = ("ddp", "fsdp")
 REQUIRED = (
     "experiment.name",
     "experiment.stage",
@@ -259,7 +259,7 @@ def _check_ranges(c: _Checker) -> None:
     c.choice("training.lr_scheduler", LR_SCHEDULERS)
     c.choice("runtime.amp_dtype", list(AMP_DTYPES))
     c.choice("models.value_head.type", VALUE_HEAD_TYPES)
-    c.choice("runtime.distributed", PARALLELISMS)
+    c.choice("runtime.distributed", list(PARALLELISMS))
     resume = c.get("checkpoint.resume")
     if resume and resume != "auto" and not Path(resume).exists():
         c.add(

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import yaml
 
-from weighted_mtp.models import value_head
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.checkpoint.files import (
     MANIFEST,
@@ -180,22 +179,22 @@ def load(path: str | Path, with_modules: bool = True) -> dict[str, Any]:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Identity of what a model or value head was read from: a checkpoint directory's
-    manifest, a value-head directory's safetensors, or the file itself."""
+    """Identity of what a value head was read from: a checkpoint directory's manifest
+    digest, or the file's sha256."""
     p = Path(path)
-    if p.is_dir():
-        if (p / MANIFEST).is_file():
-            return Manifest(p).digest()
-        p = p / "value_head.safetensors"
+    if p.is_dir() and (p / MANIFEST).is_file():
+        return Manifest(p).digest()
     return sha256_file(p)
 
 
 def load_value_head(path: str | Path) -> ValueHead:
-    """The value head of a training checkpoint (critic or verifiable), or of a standalone
-    ``value_head.safetensors`` file or directory."""
+    """The value head of a training checkpoint (critic or verifiable)."""
     p = Path(path)
     if not is_checkpoint(p):
-        return value_head.load_value_head(p)
+        raise CheckpointError(
+            f"{p} is not a training checkpoint: point experiment.critic_checkpoint at a "
+            "critic checkpoint (e.g. checkpoint_best)"
+        )
     ck = Checkpoint(p)
     if ck.meta.get("value_head_config") is None:
         raise CheckpointError(
