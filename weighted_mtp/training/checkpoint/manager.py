@@ -32,22 +32,14 @@ from weighted_mtp.models import lora
 from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import compat
 from weighted_mtp.training.checkpoint.files import (
-    VERSION,
     CheckpointError,
     clean_stale,
     file_entry,
+    finish,
     link_dir,
-    replace_dir,
-    write_json,
-    write_manifest,
+    temp_dir,
 )
-from weighted_mtp.training.checkpoint.reader import (
-    CONFIG,
-    PATH_FIELDS,
-    STATE,
-    Checkpoint,
-    relative_paths,
-)
+from weighted_mtp.training.checkpoint.reader import Checkpoint, absolute_paths, relative_paths
 from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
 from weighted_mtp.training.checkpoint.tensors import decode, encode, write_part
 
@@ -92,19 +84,6 @@ def prune(save_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _absolute_config(cfg) -> dict[str, Any]:
-    """The resolved config with its path fields made absolute (works from any cwd)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for field in PATH_FIELDS:
-        section, _, leaf = field.rpartition(".")
-        node = data
-        for k in section.split("."):
-            node = node.get(k, {})
-        if node.get(leaf):
-            node[leaf] = str(Path(node[leaf]).absolute())
-    return data
-
-
 class Checkpointer:
     """Saves and restores the whole training state of one run.
 
@@ -127,7 +106,7 @@ class Checkpointer:
         self.options = frozen_base if self.adapted else None
         # a trained FSDP-sharded policy: every rank writes its own shards
         self.sharded = parallel.sharded and "policy" in modules and not self.adapted
-        self.config = _absolute_config(cfg)
+        self.config = absolute_paths(OmegaConf.to_container(cfg, resolve=True))
         self._plan: dict[str, Any] | None = None
 
     # --- writing -------------------------------------------------------------------
@@ -142,8 +121,6 @@ class Checkpointer:
     def meta(self, val: dict[str, float], path: Path, optim_skel: Any, rng_skel: Any) -> dict:
         task = self.task
         return {
-            "format": "weighted_mtp.checkpoint",
-            "version": VERSION,
             "stage": self.cfg.experiment.stage,
             "step": self.step,
             "epoch": self.sampler.epoch,
@@ -166,7 +143,7 @@ class Checkpointer:
     def save(self, stem: str, val: dict[str, float]) -> Path:
         """Write checkpoint ``stem`` (collective: every rank calls it)."""
         info, path = self.info, self.save_dir / stem
-        tmp = path.with_name(f".{stem}.tmp")  # the same name on every rank
+        tmp = temp_dir(path)
         if info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -192,15 +169,11 @@ class Checkpointer:
             rng_tensors: dict[str, torch.Tensor] = {}
             rng_skel = encode(rng_state(), rng_tensors)
             write_part(tmp, "rng", rng_tensors, 0, 1, False)
-            meta = self.meta(val, path, optim_skel, rng_skel)
-            write_json(tmp / STATE, meta)
-            (tmp / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
             known = {}
             for h in tmp.glob(".hash-*.json"):
                 known |= json.loads(h.read_text())
                 h.unlink()
-            write_manifest(tmp, known=known)  # last: marks the directory complete
-            replace_dir(tmp, path)
+            finish(tmp, path, self.meta(val, path, optim_skel, rng_skel), self.config, known)
         dist.barrier(info)
         return path
 

@@ -21,7 +21,9 @@ import yaml
 
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.checkpoint.files import (
+    CONFIG,
     MANIFEST,
+    STATE,
     VERSION,
     CheckpointError,
     Manifest,
@@ -29,7 +31,6 @@ from weighted_mtp.training.checkpoint.files import (
 )
 from weighted_mtp.training.checkpoint.tensors import PartReader, decode
 
-STATE, CONFIG = "state.json", "config.yaml"
 # config fields holding paths: stored absolute, plus relative to the checkpoint
 PATH_FIELDS = (
     "models.policy.path",
@@ -154,15 +155,32 @@ class Checkpoint:
         return value
 
 
+def _section(cfg: dict[str, Any], field: str) -> tuple[dict[str, Any] | None, str]:
+    """(the dict holding ``field``'s leaf or None, the leaf's name)."""
+    section, _, leaf = field.rpartition(".")
+    node: Any = cfg
+    for k in section.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` (a plain config dict) with its PATH_FIELDS made absolute, in place, so a
+    checkpoint's config works from any cwd; returns ``cfg``."""
+    for field in PATH_FIELDS:
+        node, leaf = _section(cfg, field)
+        if node is not None and node.get(leaf):
+            node[leaf] = str(Path(node[leaf]).absolute())
+    return cfg
+
+
 def relative_paths(cfg: dict[str, Any], ckpt_dir: Path) -> dict[str, str]:
     """PATH_FIELDS of ``cfg`` (absolute already) relative to ``ckpt_dir``."""
     out = {}
     for field in PATH_FIELDS:
-        node: Any = cfg
-        for k in field.split("."):
-            node = node.get(k) if isinstance(node, dict) else None
-        if node:
-            out[field] = os.path.relpath(node, ckpt_dir)
+        node, leaf = _section(cfg, field)
+        if node is not None and node.get(leaf):
+            out[field] = os.path.relpath(node[leaf], ckpt_dir)
     return out
 
 
