@@ -15,10 +15,10 @@ from transformers import LlamaForCausalLM
 from weighted_mtp.__main__ import main
 from weighted_mtp.config.loader import compose
 from weighted_mtp.config.validate import ConfigValidationError, validate
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models import hf, lora
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
-from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.step import optimizer_step

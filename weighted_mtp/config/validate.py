@@ -158,8 +158,8 @@ def _check_plan(c: _Checker) -> None:
     """Simulate the run (fake tensors, no weights read) and fail when it would not fit."""
     import sys
 
+    from weighted_mtp.distributed import env_info
     from weighted_mtp.plan.build import Machine, make_plan
-    from weighted_mtp.training.distributed import env_info
 
     memory = float(c.get("runtime.gpu_memory_gb"))
     c.range("runtime.gpu_memory_gb", memory > 0, "> 0", "80")

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, assign_weights, load_weights
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training import fsdp
 
 

@@ -28,8 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.models import lora
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import compat
 from weighted_mtp.training.checkpoint.files import (
     CheckpointError,
