@@ -15,6 +15,7 @@ from weighted_mtp.data.records import Record, read_records
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
 from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
+from weighted_mtp.evaluation.problems import Problem, score_all
 from weighted_mtp.sandbox.limits import Limits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,9 +128,9 @@ def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
             },
         },
     )
-    problem = ev.Problem(rec, "humaneval")
+    problem = Problem(rec, "humaneval")
     limits = Limits(timeout_s=5.0)
-    checks = ev.score_all([problem], [["    return a + b\n", "    return a - b\n"]], limits, 2)
+    checks = score_all([problem], [["    return a + b\n", "    return a - b\n"]], limits, 2)
     assert [c.passed for c in checks[0]] == [True, False]
     row = ev.problem_row(problem, ["a", "b"], checks[0], [1, 2])
     assert row["pass@1"] == 0.5 and row["pass@2"] == 1.0

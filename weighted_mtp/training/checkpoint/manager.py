@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -41,47 +40,10 @@ from weighted_mtp.training.checkpoint.files import (
 )
 from weighted_mtp.training.checkpoint.reader import Checkpoint, absolute_paths, relative_paths
 from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
+from weighted_mtp.training.checkpoint.save_dir import latest_valid, prune
 from weighted_mtp.training.checkpoint.tensors import decode, encode, write_part
 
 log = logging.getLogger(__name__)
-PERIODIC = re.compile(r"^checkpoint_step(\d+)$")
-
-
-def periodic_checkpoints(save_dir: Path) -> list[Path]:
-    """Periodic checkpoints in ``save_dir``, oldest first."""
-    if not save_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in save_dir.iterdir() if (m := PERIODIC.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def candidates(save_dir: Path) -> list[Path]:
-    """What ``resume=auto`` tries, newest first: final, periodic, best."""
-    found = [save_dir / "checkpoint_final", *reversed(periodic_checkpoints(save_dir))]
-    return [p for p in [*found, save_dir / "checkpoint_best"] if p.exists()]
-
-
-def latest_valid(save_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint whose every file matches its manifest, and why each newer
-    one was skipped."""
-    skipped = []
-    for p in candidates(save_dir):
-        try:
-            ck = Checkpoint(p)
-            ck.manifest.verify_all()
-            return ck, skipped
-        except CheckpointError as exc:
-            skipped.append(f"{p.name}: {exc}")
-    return None, skipped
-
-
-def prune(save_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest periodic checkpoints (best/final untouched)."""
-    periodic = periodic_checkpoints(save_dir)
-    doomed = periodic[: max(0, len(periodic) - keep)] if keep > 0 else []
-    for p in doomed:
-        shutil.rmtree(p)
-    return doomed
 
 
 class Checkpointer:
@@ -265,7 +227,8 @@ class Checkpointer:
                 flush=True,
             )
         msd, osd = get_state_dict(self.container, self.optimizer, options=self.options)
-        adapter = self._adapter_of(ck)
+        run_lora = self.modules["policy"].peft_config[lora.ADAPTER] if self.adapted else None
+        adapter = compat.check_adapter(ck.adapter(), run_lora, ck.path)
         weights = ck.part("weights")
         saved = set(weights) | {POLICY + k for k in adapter}
         extra = sorted(saved - set(msd))
@@ -304,31 +267,6 @@ class Checkpointer:
         best = meta["best_val_loss"]
         self.best = math.inf if best is None else best
         self.best_step = int(meta.get("best_step", -1))
-
-    def _adapter_of(self, ck: Checkpoint) -> dict[str, torch.Tensor]:
-        """The checkpoint's LoRA adapter tensors by parameter name (none without LoRA),
-        after checking that its adapter settings are this run's."""
-        saved = ck.adapter()
-        if saved is None:
-            if self.adapted:
-                raise CheckpointError(
-                    f"{ck.path} has no LoRA adapter (a full fine-tuning checkpoint): resume it "
-                    "with models.policy.lora.enabled=false, or start fresh"
-                )
-            return {}
-        config, tensors = saved
-        if not self.adapted:
-            raise CheckpointError(
-                f"{ck.path} holds LoRA adapters: resume it with models.policy.lora.enabled=true "
-                "and its settings (adapter_config.json), or start fresh"
-            )
-        changed = lora.same_settings(config, self.modules["policy"].peft_config[lora.ADAPTER])
-        if changed:
-            raise CheckpointError(
-                f"cannot resume from {ck.path}: models.policy.lora would change "
-                f"({'; '.join(changed)}); resume with the checkpoint's adapter settings"
-            )
-        return {lora.param_name(k): v for k, v in tensors.items()}
 
     def _reconcile_best(self) -> None:
         """Make ``checkpoint_best`` the recorded best again if a kill cut its update."""
