@@ -115,8 +115,8 @@ def _timed(fn, repeats: int):
 def bench(ckpt: str, args: argparse.Namespace, label: str) -> None:
     """Time plain greedy vs speculative decoding of one policy and print the table."""
     from weighted_mtp.data.collate import encode_prompt
-    from weighted_mtp.evaluation.evaluate import load_problems
     from weighted_mtp.evaluation.generate import SamplingParams, generate
+    from weighted_mtp.evaluation.problems import load_problems
     from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
     from weighted_mtp.training.checkpoint import load_policy
 

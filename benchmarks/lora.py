@@ -63,11 +63,11 @@ def _run_variant(a: argparse.Namespace) -> dict:
     import torch
 
     from weighted_mtp.data.collate import Batch
+    from weighted_mtp.distributed import DistInfo
     from weighted_mtp.models import lora
     from weighted_mtp.models.formats import resolve_dtype
     from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
     from weighted_mtp.plan.tracker import PlainTracker, peak
-    from weighted_mtp.training.distributed import DistInfo
     from weighted_mtp.training.optim import build_optimizer
     from weighted_mtp.training.parallel import Replicated
     from weighted_mtp.training.step import optimizer_step

@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from weighted_mtp.evaluation.isolation import get_isolation
-from weighted_mtp.evaluation.sandbox import Limits, check_stdio, run_program
+from weighted_mtp.evaluation.checks import check_stdio
+from weighted_mtp.sandbox.isolation import get_isolation
+from weighted_mtp.sandbox.limits import Limits
+from weighted_mtp.sandbox.runner import run_program
 
 PROGRAMS = {
     "trivial": ("print(1)\n", ""),

@@ -47,9 +47,9 @@ def _status() -> dict[str, int]:
 def _worker(path: str, mode: str, out: str) -> None:
     import torch.distributed as tdist
 
+    from weighted_mtp.distributed import env_info
     from weighted_mtp.models.formats import load_model
     from weighted_mtp.models.reader import CheckpointReader, meta_model
-    from weighted_mtp.training.distributed import env_info
     from weighted_mtp.training.parallel import Sharded
 
     tdist.init_process_group("gloo")

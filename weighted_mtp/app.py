@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from weighted_mtp.config.validate import summary, validate
+from weighted_mtp.distributed import env_info
 from weighted_mtp.errors import UserError
-from weighted_mtp.training.distributed import env_info
 
 
 def run(cfg: DictConfig, *, source: str = "config") -> Any:

@@ -121,7 +121,8 @@ def evaluate_stage(
     args: argparse.Namespace, stage: str, ckpt: str, run_dir: Path, seed: int
 ) -> dict:
     """Greedy pass@1, and sampled pass@1 / pass@n, on the held-out split."""
-    from weighted_mtp.evaluation.evaluate import EvalConfig, evaluate
+    from weighted_mtp.evaluation.config import EvalConfig
+    from weighted_mtp.evaluation.evaluate import evaluate
 
     n = args.eval_samples
     common = dict(

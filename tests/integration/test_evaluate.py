@@ -14,6 +14,9 @@ from weighted_mtp.data.curriculum import DEFAULT_DIFFICULTY_BINS
 from weighted_mtp.data.records import Record, read_records
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
+from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
+from weighted_mtp.evaluation.problems import Problem, score_all
+from weighted_mtp.sandbox.limits import Limits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +91,7 @@ def test_scoring_path_runs_reference_solutions(
         return progs, {"gen_tokens": 0, "gen_seconds": 0.0, "tokens_per_s": 0.0}
 
     monkeypatch.setattr(ev, "sample_programs", fake_sample)
-    cfg = ev.EvalConfig(
+    cfg = EvalConfig(
         checkpoint=str(micro_storage / "models" / "micro-mtp"),
         data=str(subset),
         out_dir=str(tmp_path / "out"),
@@ -125,9 +128,9 @@ def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
             },
         },
     )
-    problem = ev.Problem(rec, "humaneval")
-    limits = ev.Limits(timeout_s=5.0)
-    checks = ev.score_all([problem], [["    return a + b\n", "    return a - b\n"]], limits, 2)
+    problem = Problem(rec, "humaneval")
+    limits = Limits(timeout_s=5.0)
+    checks = score_all([problem], [["    return a + b\n", "    return a - b\n"]], limits, 2)
     assert [c.passed for c in checks[0]] == [True, False]
     row = ev.problem_row(problem, ["a", "b"], checks[0], [1, 2])
     assert row["pass@1"] == 0.5 and row["pass@2"] == 1.0
@@ -251,7 +254,7 @@ def test_every_argument_is_checked_before_generation(
         main([*base, "--isolation", "jail"])
     assert exc.value.code == 2 and "invalid choice: 'jail'" in capsys.readouterr().err
     with pytest.raises(UserError, match="isolation must be one of bwrap, none"):  # Hydra form
-        ev.EvalConfig(
+        EvalConfig(
             checkpoint=str(policy), data=str(_split(micro_storage)), isolation="jail"
         ).check()
 
@@ -260,8 +263,8 @@ def test_isolation_unavailable_refuses_unless_opted_out(
     micro_storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
     from weighted_mtp.__main__ import main
-    from weighted_mtp.evaluation import isolation
-    from weighted_mtp.evaluation.bwrap import BwrapIsolation
+    from weighted_mtp.sandbox import isolation
+    from weighted_mtp.sandbox.bwrap import BwrapIsolation
 
     calls = _fake_sampler(monkeypatch)
     monkeypatch.setitem(isolation._INSTANCES, "bwrap", BwrapIsolation())
@@ -321,7 +324,7 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_long_prompt"] == 2 and summary["n_problems"] == 2
     assert summary["skipped_long_prompt_ids"] == [chosen[1].problem_id, chosen[3].problem_id]
-    assert summary["max_prompt_tokens"] == ev.DEFAULT_CONTEXT - 4
+    assert summary["max_prompt_tokens"] == DEFAULT_CONTEXT - 4
     rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert [json.loads(r)["problem_id"] for r in rows] == [
         chosen[0].problem_id,

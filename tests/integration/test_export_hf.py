@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from weighted_mtp import export
 from weighted_mtp.errors import UserError
 from weighted_mtp.models import hf
-from weighted_mtp.models.formats import load_meta_dir, model_from_state_dict, save_meta_dir
+from weighted_mtp.models.formats import load_model, model_from_state_dict, save_meta_dir
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 
 
@@ -58,7 +58,7 @@ def test_export_cli_and_logits_equal_llama(tmp_path: Path):
     ).eval()
     assert hf.config.num_hidden_layers == 5 and hf.config.num_key_value_heads == 2
     ids, mask = _padded_batch()
-    ours = load_meta_dir(tmp_path / "meta").eval()
+    ours = load_model(tmp_path / "meta").eval()
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, mask)[:, :, 0]

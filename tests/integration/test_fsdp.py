@@ -243,9 +243,9 @@ def _worker(out_path: str) -> None:
 
     import torch.distributed as tdist
 
+    from weighted_mtp.distributed import DistInfo, env_info
     from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
     from weighted_mtp.training import fsdp
-    from weighted_mtp.training.distributed import DistInfo, env_info
     from weighted_mtp.training.optim import build_optimizer
     from weighted_mtp.training.parallel import Replicated, Sharded
     from weighted_mtp.training.step import optimizer_step
@@ -360,8 +360,8 @@ def _foreach_mixed(model, build_optimizer) -> dict[str, bool]:
 def _lora_parallel(base, task, rank: int) -> dict[str, float]:
     """Adapters after 2 steps on 2 ranks (ddp: Replicated, fsdp: Sharded) vs 1 process on
     the global batch: max |difference| per mode."""
+    from weighted_mtp.distributed import DistInfo, env_info
     from weighted_mtp.models import lora
-    from weighted_mtp.training.distributed import DistInfo, env_info
     from weighted_mtp.training.optim import build_optimizer
     from weighted_mtp.training.parallel import Replicated, Sharded
     from weighted_mtp.training.step import optimizer_step

@@ -19,7 +19,6 @@ from weighted_mtp.__main__ import main
 from weighted_mtp.evaluation.speculative import speculative_generate
 from weighted_mtp.models import lora
 from weighted_mtp.models.formats import load_model
-from weighted_mtp.models.value_head import ValueHead, save_value_head
 from weighted_mtp.training import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,10 +79,12 @@ def test_lora_checkpoint_reloads_merges_evaluates_decodes_exports(make_cfg, tmp_
 
 
 def test_verifiable_and_rho1_train_adapters(make_cfg, tmp_path) -> None:
-    critic = tmp_path / "critic"
-    head = ValueHead(load_model(make_cfg().models.policy.path).args.dim)
-    save_value_head(head, critic)
-    common = [*LORA, "training.learning_rate=1e-2", "data_sampling.n_samples=4"]
+    small = ["training.learning_rate=1e-2", "data_sampling.n_samples=4"]
+    critic_cfg = make_cfg("critic", *small)  # LoRA trains no critic: the policy is frozen
+    app.run(critic_cfg)
+    critic = final(critic_cfg)
+    head = ckpt.load_value_head(critic)
+    common = [*LORA, *small]
     ver = make_cfg("verifiable", *common, f"experiment.critic_checkpoint={critic}")
     rho = make_cfg("rho1", *common, "training.k_percent=0.5")
     for cfg in (ver, rho):

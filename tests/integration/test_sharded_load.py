@@ -87,9 +87,9 @@ def test_dcp_full_load_one_process(tmp_path: Path) -> None:
 def _worker(root: str) -> None:
     import torch.distributed as tdist
 
+    from weighted_mtp.distributed import env_info
     from weighted_mtp.models.formats import load_model
     from weighted_mtp.models.reader import CheckpointReader, meta_model
-    from weighted_mtp.training.distributed import env_info
     from weighted_mtp.training.parallel import Sharded
 
     tdist.init_process_group("gloo")

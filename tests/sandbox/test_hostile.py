@@ -31,9 +31,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from weighted_mtp.evaluation.sandbox import ExecResult, Limits, run_many, run_program
+from weighted_mtp.sandbox.limits import Limits
+from weighted_mtp.sandbox.runner import ExecResult, run_many, run_program
 
-#: every verdict the sandbox gives (evaluation.sandbox._status)
+#: every verdict the sandbox gives (sandbox.runner._status)
 STATUSES = ("ok", "error", "timeout", "memory", "blocked", "killed")
 
 PROGRAMS = {p.stem: p for p in sorted((Path(__file__).parent / "programs").glob("*.py"))}
@@ -219,7 +220,8 @@ def test_evaluator_killed_mid_run_leaves_nothing(tmp_path: Path) -> None:
         "time.sleep(60)\n"
     )
     driver = (
-        "from weighted_mtp.evaluation.sandbox import Limits, run_program\n"
+        "from weighted_mtp.sandbox.limits import Limits\n"
+        "from weighted_mtp.sandbox.runner import run_program\n"
         f"run_program({program!r}, '', Limits(timeout_s=60))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO)

@@ -11,9 +11,7 @@ import torch
 from tests.helpers.models import TINY, tiny_mtp
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import (
-    load_meta_dir,
     load_model,
-    load_safetensors,
     save_meta_dir,
     save_safetensors,
     shard_dim,
@@ -52,9 +50,9 @@ def test_round_trips_bit_identical(tmp_path: Path, dtype):
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
     assert params["n_future_tokens"] == 2 and params["n_kv_heads"] == 2
     assert (tmp_path / "st" / "model.safetensors").stat().st_mode & 0o777 == 0o644
-    a = load_meta_dir(tmp_path / "meta", dtype)
-    b = load_safetensors(tmp_path / "st", dtype)
-    c = load_safetensors(tmp_path / "st" / "model.safetensors", dtype)  # params in metadata
+    a = load_model(tmp_path / "meta", dtype)
+    b = load_model(tmp_path / "st", dtype)
+    c = load_model(tmp_path / "st" / "model.safetensors", dtype)  # params in metadata
     for other in (
         a,
         b,
@@ -71,11 +69,11 @@ def test_round_trips_bit_identical(tmp_path: Path, dtype):
 def test_load_is_memory_mapped_and_casts_on_request(tmp_path: Path):
     m = _model()
     save_meta_dir(m, tmp_path)
-    a = load_meta_dir(tmp_path, "float32")
+    a = load_model(tmp_path, "float32")
     # assign=True adopts the mmap'ed tensors: parameters live inside the file's mapping
     for p in (a.norm.weight, a.output.weight, a.layers[1].attention.wq.weight):
         assert _mapped_file(p.data_ptr()) == str(tmp_path / "consolidated.pth")
-    b = load_meta_dir(tmp_path, "bfloat16")
+    b = load_model(tmp_path, "bfloat16")
     assert b.output.weight.dtype == torch.bfloat16
     torch.testing.assert_close(b.output.weight.float(), m.output.weight, atol=1e-2, rtol=1e-2)
 
@@ -86,7 +84,7 @@ def test_params_json_extra_keys_and_vocab_minus_one(tmp_path: Path):
     params = json.loads((tmp_path / "params.json").read_text())
     params.update(vocab_size=-1, max_seq_len=2048)
     (tmp_path / "params.json").write_text(json.dumps(params))
-    a = load_meta_dir(tmp_path)
+    a = load_model(tmp_path)
     assert a.args.vocab_size == 50 and a.args.extra == {"max_seq_len": 2048}
     assert a.args.to_dict()["max_seq_len"] == 2048
 
@@ -105,7 +103,7 @@ def test_sharded_meta_dir(tmp_path: Path):
     assert shards[0]["tok_embeddings.weight"].shape == (50, 16)
     for i, s in enumerate(shards):
         torch.save(s, tmp_path / f"consolidated.{i:02d}.pth")
-    _same(m, load_meta_dir(tmp_path))
+    _same(m, load_model(tmp_path))
 
 
 def test_mismatch_errors_list_keys(tmp_path: Path):
@@ -115,7 +113,7 @@ def test_mismatch_errors_list_keys(tmp_path: Path):
     # wrong n_future_tokens: 3 heads claimed, checkpoint has 2
     (tmp_path / "params.json").write_text(json.dumps({**params, "n_future_tokens": 3}))
     with pytest.raises(UserError) as e:
-        load_meta_dir(tmp_path)
+        load_model(tmp_path)
     msg = str(e.value)
     assert "n_future_tokens 2" in msg and "missing keys" in msg and "extra_heads.1." in msg
     assert "unexpected keys" in msg and "layers.2.attention.wq.weight" in msg
@@ -123,21 +121,21 @@ def test_mismatch_errors_list_keys(tmp_path: Path):
     # wrong dim -> shape mismatch listing the keys
     (tmp_path / "params.json").write_text(json.dumps({**params, "multiple_of": 64}))
     with pytest.raises(UserError, match=r"shape keys .*feed_forward\.w1\.weight"):
-        load_meta_dir(tmp_path)
+        load_model(tmp_path)
     # vocabulary disagreeing with the tokenizer
     (tmp_path / "params.json").write_text(json.dumps(params))
     with pytest.raises(UserError, match="vocab_size 50 but the tokenizer has 32000"):
-        load_meta_dir(tmp_path, vocab_size=32000)
+        load_model(tmp_path, vocab_size=32000)
     # unexpected key in the file
     sd = dict(m.state_dict(), **{"rope.freqs": torch.zeros(4)})
     torch.save(sd, tmp_path / "consolidated.pth")
     with pytest.raises(UserError, match=r"unexpected keys \(1\): rope\.freqs"):
-        load_meta_dir(tmp_path)
+        load_model(tmp_path)
 
 
 def test_missing_files_are_user_errors(tmp_path: Path):
     with pytest.raises(UserError, match="params.json"):
-        load_meta_dir(tmp_path)
+        load_model(tmp_path)
     (tmp_path / "params.json").write_text(json.dumps(ARGS))
     with pytest.raises(UserError, match="no consolidated.pth"):
-        load_meta_dir(tmp_path)
+        load_model(tmp_path)

@@ -15,10 +15,10 @@ from transformers import LlamaForCausalLM
 from weighted_mtp.__main__ import main
 from weighted_mtp.config.loader import compose
 from weighted_mtp.config.validate import ConfigValidationError, validate
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models import hf, lora
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
-from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.step import optimizer_step
@@ -197,3 +197,23 @@ def test_plan_accounts_for_adapters() -> None:
     # AdamW's two moments (+ a step counter per tensor) of the adapters only
     n_tensors = 2 * 7 * 5
     assert low.categories["Optstate"] == 2 * adapters + 4 * n_tensors
+
+
+def test_resume_refuses_another_adapter(tmp_path: Path) -> None:
+    """Resume safety (checkpoint.compat.check_adapter): LoRA on one side only, or other
+    adapter settings, is refused; matching settings give the tensors by parameter name."""
+    from weighted_mtp.errors import UserError
+    from weighted_mtp.training.checkpoint.compat import check_adapter
+
+    run = lora.lora_config(4, 8.0, 0.0, ["wq", "wv"])
+    key = lora.file_key("layers.0.attention.wq.lora_A.default.weight")
+    saved = (lora.lora_config(4, 8.0, 0.0, ["wv", "wq"]), {key: torch.ones(4, 32)})
+    assert check_adapter(None, None, tmp_path) == {}
+    got = check_adapter(saved, run, tmp_path)
+    assert list(got) == ["layers.0.attention.wq.lora_A.default.weight"]
+    with pytest.raises(UserError, match="no LoRA adapter.*lora.enabled=false"):
+        check_adapter(None, run, tmp_path)
+    with pytest.raises(UserError, match="holds LoRA adapters.*lora.enabled=true"):
+        check_adapter(saved, None, tmp_path)
+    with pytest.raises(UserError, match="r: 4 -> 8"):
+        check_adapter(saved, lora.lora_config(8, 8.0, 0.0, ["wq", "wv"]), tmp_path)

@@ -25,8 +25,7 @@ from weighted_mtp.assets import (
 from weighted_mtp.data.records import Record
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.formats import (
-    load_meta_dir,
-    load_safetensors,
+    load_model,
     save_meta_dir,
     save_safetensors,
 )
@@ -84,7 +83,7 @@ def test_deterministic(assets: Path, tmp_path: Path):
     build_micro_assets(tmp_path, [_corpus(tmp_path)], seed=0, pretrain_steps=2)
     for rel in (f"{MICRO_MTP_DIR}/tokenizer/tokenizer.model", f"{MICRO_REF_DIR}/model.safetensors"):
         assert (tmp_path / rel).read_bytes() == (assets / rel).read_bytes(), rel
-    a, b = load_meta_dir(assets / MICRO_MTP_DIR), load_meta_dir(tmp_path / MICRO_MTP_DIR)
+    a, b = load_model(assets / MICRO_MTP_DIR), load_model(tmp_path / MICRO_MTP_DIR)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
@@ -106,7 +105,7 @@ def test_tokenizer_round_trip_and_ids(assets: Path):
 
 def test_policy_trains_saves_reloads(assets: Path, tmp_path: Path):
     tok = load_tokenizer(assets / MICRO_MTP_DIR / "tokenizer")
-    model = load_meta_dir(assets / MICRO_MTP_DIR, "float32", vocab_size=tok.vocab_size)
+    model = load_model(assets / MICRO_MTP_DIR, "float32", vocab_size=tok.vocab_size)
     texts = CODE[:2]
     enc = [tok.encode(t, bos=True, eos=True) for t in texts]
     s = max(map(len, enc))
@@ -125,7 +124,7 @@ def test_policy_trains_saves_reloads(assets: Path, tmp_path: Path):
     assert losses[-1] < losses[0] - 0.5, losses
     save_meta_dir(model, tmp_path / "meta")
     save_safetensors(model, tmp_path / "st")
-    for again in (load_meta_dir(tmp_path / "meta"), load_safetensors(tmp_path / "st")):
+    for again in (load_model(tmp_path / "meta"), load_model(tmp_path / "st")):
         for (n, p), q in zip(model.named_parameters(), again.parameters(), strict=True):
             assert torch.equal(p, q), n
 

@@ -1,4 +1,4 @@
-"""Value head: shapes, types, learning, save/load on its own."""
+"""Value head: shapes, types, learning; only a training checkpoint carries one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.value_head import ValueHead, load_value_head, save_value_head
+from weighted_mtp.models.value_head import ValueHead
+from weighted_mtp.training import checkpoint as ckpt
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ def test_shapes_and_sizes(kind, hidden, n_params):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_learns_and_round_trips(kind, tmp_path: Path):
+def test_learns(kind):
     torch.manual_seed(0)
     head = ValueHead(32, kind)
     h = torch.randn(4, 9, 32) * 20  # un-normalised residual stream scale
@@ -42,23 +43,17 @@ def test_learns_and_round_trips(kind, tmp_path: Path):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
-    path = save_value_head(head, tmp_path / "critic")
-    assert path.name == "value_head.safetensors"
-    again = load_value_head(tmp_path / "critic")
-    assert again.config() == head.config()
-    assert torch.equal(again(h), head(h).detach())
 
 
 def test_errors(tmp_path: Path):
     with pytest.raises(UserError, match="linear"):
         ValueHead(8, "transformer")
-    with pytest.raises(UserError, match="critic_checkpoint"):
-        load_value_head(tmp_path / "missing.safetensors")
     from safetensors.torch import save_file
 
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(UserError, match="not a value head"):
-        load_value_head(tmp_path / "other.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "head.safetensors"))
+    for not_a_checkpoint in ("missing", "head.safetensors", "."):
+        with pytest.raises(UserError, match="not a training checkpoint.*critic_checkpoint"):
+            ckpt.load_value_head(tmp_path / not_a_checkpoint)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

@@ -16,16 +16,12 @@ import pytest
 
 from weighted_mtp.data.records import humaneval_program, normalize_output, outputs_match
 from weighted_mtp.errors import UserError
-from weighted_mtp.evaluation import isolation
-from weighted_mtp.evaluation.bwrap import BwrapIsolation
-from weighted_mtp.evaluation.isolation import IsolationUnavailable
-from weighted_mtp.evaluation.sandbox import (
-    Limits,
-    check_function,
-    check_stdio,
-    run_many,
-    run_program,
-)
+from weighted_mtp.evaluation.checks import check_function, check_stdio
+from weighted_mtp.sandbox import isolation
+from weighted_mtp.sandbox.bwrap import BwrapIsolation
+from weighted_mtp.sandbox.isolation import IsolationUnavailable
+from weighted_mtp.sandbox.limits import Limits
+from weighted_mtp.sandbox.runner import run_many, run_program
 
 FAST = Limits(timeout_s=5.0, memory_mb=512)
 UNISOLATED = Limits(timeout_s=5.0, memory_mb=512, isolation="none")

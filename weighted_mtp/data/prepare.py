@@ -73,7 +73,7 @@ def _codecontests(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from weighted_mtp.evaluation.isolation import require_isolation
+    from weighted_mtp.sandbox.isolation import require_isolation
 
     t0 = time.perf_counter()
     require_isolation(args.isolation)

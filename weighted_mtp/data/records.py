@@ -95,26 +95,26 @@ def _type_ok(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
+def _check_fields(obj: dict[str, Any], fields: dict[str, type], prefix: str = "") -> None:
+    """Every one of ``fields`` is in ``obj`` with its type; RecordError naming the first
+    that is not (``prefix``: where ``obj`` sits, e.g. ``metadata.``)."""
+    for name, expected in fields.items():
+        if name not in obj:
+            raise RecordError(f"missing field '{prefix}{name}'")
+        if not _type_ok(obj[name], expected):
+            raise RecordError(
+                f"field '{prefix}{name}' must be {expected.__name__}, "
+                f"got {type(obj[name]).__name__}"
+            )
+
+
 def validate_record(obj: Any) -> Record:
     """Check a decoded JSON value against the schema; raise RecordError naming the field."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
-    for name, expected in _FIELDS.items():
-        if name not in obj:
-            raise RecordError(f"missing field '{name}'")
-        if not _type_ok(obj[name], expected):
-            raise RecordError(
-                f"field '{name}' must be {expected.__name__}, got {type(obj[name]).__name__}"
-            )
+    _check_fields(obj, _FIELDS)
     meta = obj["metadata"]
-    for name, expected in REQUIRED_METADATA.items():
-        if name not in meta:
-            raise RecordError(f"missing field 'metadata.{name}'")
-        if not _type_ok(meta[name], expected):
-            raise RecordError(
-                f"field 'metadata.{name}' must be {expected.__name__}, "
-                f"got {type(meta[name]).__name__}"
-            )
+    _check_fields(meta, REQUIRED_METADATA, "metadata.")
     tests = meta.get("tests")
     if tests is not None and not (
         isinstance(tests, list)

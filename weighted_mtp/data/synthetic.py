@@ -6,7 +6,7 @@ Each problem (a family from ``synthetic_tasks*`` plus parameters) yields 1-2 cor
 programs and up to 3 incorrect ones: family-specific bugs plus single-site mutations of a
 correct program (off-by-one, wrong operator / comparison / function, wrong output format).
 Every label is checked by running the program on all of the problem's tests in the
-evaluation sandbox (bubblewrap unless ``isolation="none"``, see ``data.verify``): a correct
+sandbox (bubblewrap unless ``isolation="none"``, see ``data.verify``): a correct
 program must pass all (else the generator is broken: error), an incorrect candidate must
 fail at least one (candidates that pass everything are dropped).
 Records carry the tests in ``metadata.tests``. The statements say the input format

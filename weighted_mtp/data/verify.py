@@ -1,6 +1,6 @@
 """Run stdin/stdout Python programs against tests, many per sandboxed process, in parallel.
 
-Each worker is one sandboxed run (``evaluation.sandbox.run_program``: bubblewrap by default,
+Each worker is one sandboxed run (``sandbox.runner.run_program``: bubblewrap by default,
 the same isolation as evaluation) of HARNESS, which compiles each program once and ``exec``s
 it per test input with ``sys.stdin`` / ``sys.stdout`` redirected to strings and a per-test
 time limit (SIGALRM). Used to verify the labels of dataset programs (synthetic).
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from weighted_mtp.data.records import outputs_match
-from weighted_mtp.evaluation.sandbox import Limits, run_program
+from weighted_mtp.sandbox.limits import Limits
+from weighted_mtp.sandbox.runner import run_program
 
 HARNESS = r"""
 import io, json, signal, sys
@@ -74,7 +75,7 @@ def run_programs(
 ) -> list[list[str | None]]:
     """For each ``(source, inputs)`` the stdout per input (None: error or timeout).
 
-    ``isolation``: ``bwrap`` or ``none`` (see ``evaluation.isolation``); raises
+    ``isolation``: ``bwrap`` or ``none`` (see ``sandbox.isolation``); raises
     IsolationUnavailable when bwrap cannot run here."""
     jobs = [(src, list(inputs)) for src, inputs in jobs]
     if not jobs:

@@ -10,8 +10,8 @@ import torch
 from weighted_mtp.config.schema import EvaluationConfig
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation.generate import SamplingParams
-from weighted_mtp.evaluation.isolation import ISOLATIONS
-from weighted_mtp.evaluation.sandbox import Limits
+from weighted_mtp.sandbox.isolation import ISOLATIONS
+from weighted_mtp.sandbox.limits import Limits
 
 DEFAULT_CONTEXT = 4096  # tokens, when the model's params.json has no max_seq_len
 

@@ -15,108 +15,27 @@ context minus ``max_new_tokens``) is skipped, counted and listed in the summary
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from weighted_mtp.data.records import (
-    ReadStats,
-    Record,
-    check_program,
-    kind_of_tests,
-    read_records,
-    tests_of,
-)
+from weighted_mtp.data.records import ReadStats
 from weighted_mtp.errors import UserError
+from weighted_mtp.evaluation.checks import CheckResult
 from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
 from weighted_mtp.evaluation.generate import SamplingParams
-from weighted_mtp.evaluation.isolation import require_isolation
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
-from weighted_mtp.evaluation.sandbox import (
-    CheckResult,
-    Limits,
-    check_function,
-    check_stdio,
-    run_many,
-)
+from weighted_mtp.evaluation.problems import Problem, load_problems, score_all
 from weighted_mtp.progress import Progress
+from weighted_mtp.sandbox.isolation import require_isolation
 
 log = logging.getLogger(__name__)
-__all__ = ["DEFAULT_CONTEXT", "EvalConfig", "Limits", "evaluate"]
-
-
-@dataclass
-class Problem:
-    """One problem: the record whose prompt is used, its tests kind and difficulty."""
-
-    record: Record
-    kind: str
-
-    @property
-    def problem_id(self) -> str:
-        return self.record.problem_id
-
-
-def load_problems(
-    path: str | Path,
-    limit: int | None = None,
-    skip_invalid: bool = False,
-    stats: ReadStats | None = None,
-) -> tuple[list[Problem], int]:
-    """Distinct problems of a split in file order (first record of each problem_id).
-
-    Returns ``(problems with tests, number of problems skipped for having no tests)``.
-    Malformed lines raise UserError unless ``skip_invalid`` (then counted in ``stats``).
-    """
-    seen: dict[str, Problem] = {}
-    for rec in read_records(path, skip_invalid, stats):
-        pid = rec.problem_id
-        kind = kind_of_tests(rec)
-        if pid not in seen or (seen[pid].kind == "none" and kind != "none"):
-            seen[pid] = Problem(rec, kind)
-    problems = [p for p in seen.values() if p.kind != "none"]
-    skipped = len(seen) - len(problems)
-    return problems[:limit] if limit else problems, skipped
-
-
-def score_program(problem: Problem, program: str, limits: Limits) -> CheckResult:
-    """Run ``program`` against the problem's tests in the sandbox."""
-    if problem.kind == "humaneval":
-        return check_function(check_program(problem.record, program), limits)
-    return check_stdio(program, tests_of(problem.record), limits)
-
-
-def score_all(
-    problems: list[Problem], programs: list[list[str]], limits: Limits, concurrency: int
-) -> list[list[CheckResult]]:
-    """Score every sample; a program repeated within a problem is executed once."""
-    unique: dict[tuple[int, str], int] = {}
-    jobs = []
-    for i, progs in enumerate(programs):
-        for prog in progs:
-            if (i, prog) not in unique:
-                unique[(i, prog)] = len(jobs)
-                jobs.append(functools.partial(score_program, problems[i], prog, limits))
-    bar = Progress(len(jobs), "execute", "programs")
-
-    def tick(job):
-        def run():
-            res = job()
-            bar.update(1)
-            return res
-
-        return run
-
-    results = run_many([tick(j) for j in jobs], max_workers=concurrency)
-    bar.close()
-    return [[results[unique[(i, p)]] for p in progs] for i, progs in enumerate(programs)]
 
 
 def integer_bins(bins: dict[str, list[int]]) -> dict[str, list[float]]:

@@ -214,28 +214,6 @@ def model_from_state_dict(
     return model
 
 
-def load_meta_dir(
-    path: str | Path,
-    dtype: str | torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    vocab_size: int | None = None,
-) -> MTPTransformer:
-    """Load a Meta directory (``consolidated.pth`` or shards) as an ``MTPTransformer``."""
-    args, sd = read_meta_dir(path)
-    return model_from_state_dict(sd, args, dtype, device, str(path), vocab_size)
-
-
-def load_safetensors(
-    path: str | Path,
-    dtype: str | torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    vocab_size: int | None = None,
-) -> MTPTransformer:
-    """Load a safetensors MTP checkpoint (dir or file) as an ``MTPTransformer``."""
-    args, sd = read_safetensors(path)
-    return model_from_state_dict(sd, args, dtype, device, str(path), vocab_size)
-
-
 def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     """params + state dict of a Meta dir, a safetensors dir or a .safetensors file."""
     p = Path(path)

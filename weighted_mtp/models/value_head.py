@@ -5,21 +5,16 @@ RMSNorm; then ``linear`` (one projection) or ``mlp`` (D -> hidden -> 1, SiLU). I
 fp32 parameters whatever the policy's dtype (it is tiny) and computes and returns fp32
 values, also inside the training's autocast.
 
-Saved on its own as one ``.safetensors`` file whose metadata holds its config, so the
-critic stage can hand it to the verifiable stage (``experiment.critic_checkpoint``).
+It is saved in the training checkpoint (``value_head.<key>`` weights, its config in
+``state.json``), which the verifiable stage reads (``experiment.critic_checkpoint``).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.formats import write_safetensors
 from weighted_mtp.models.mtp import RMSNorm
 
 VALUE_HEAD_TYPES = ("linear", "mlp")
@@ -55,40 +50,3 @@ class ValueHead(nn.Module):
         """hidden [B,S,D] (any dtype) -> values [B,S] fp32, also under autocast."""
         with torch.autocast(hidden.device.type, enabled=False):
             return self.net(self.norm(hidden.float())).squeeze(-1)
-
-
-def save_value_head(head: ValueHead, path: str | Path) -> Path:
-    """Write ``path`` (a .safetensors file; a directory gets ``value_head.safetensors``)."""
-    p = Path(path)
-    if p.is_dir() or not p.suffix:
-        p = p / "value_head.safetensors"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    write_safetensors(sd, p, {"format": "pt", "value_head": json.dumps(head.config())})
-    return p
-
-
-def load_value_head(path: str | Path, device: str | torch.device = "cpu") -> ValueHead:
-    """Load a head written by ``save_value_head`` (file or directory)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "value_head.safetensors"
-    if not p.is_file():
-        raise UserError(
-            f"value head {p} not found: point experiment.critic_checkpoint at the "
-            "critic stage's value_head.safetensors"
-        )
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    if "value_head" not in meta:
-        raise UserError(f"{p} is not a value head file (no 'value_head' metadata)")
-    cfg = json.loads(meta["value_head"])
-    head = ValueHead(int(cfg["dim"]), str(cfg["type"]), int(cfg["hidden_dim"]))
-    missing, unexpected = head.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{p}: value head keys disagree with its config {cfg}: missing "
-            f"{sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
-    return head.to(device)

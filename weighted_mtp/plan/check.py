@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models.mtp import ModelArgs
 from weighted_mtp.plan.simulate import run_rank, simulate_rank
-from weighted_mtp.training.distributed import DistInfo
 
 
 @dataclass

@@ -23,15 +23,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from weighted_mtp import distributed
 from weighted_mtp.data.collate import Batch
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models import lora
 from weighted_mtp.models.formats import resolve_dtype
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh, same_rows_everywhere
 from weighted_mtp.plan.tracker import PlainTracker, flop_counter, peak, tracker_for
-from weighted_mtp.training import distributed, fsdp
-from weighted_mtp.training.distributed import DistInfo
+from weighted_mtp.training import fsdp
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import build as build_parallel
 from weighted_mtp.training.runtime import amp_dtype

@@ -21,10 +21,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.data.index import Index
 from weighted_mtp.models.reference import load_reference, reference_token_ce
 from weighted_mtp.models.tokenizer import config_tokenizer_path, find_tokenizer_file
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.loop import train
 from weighted_mtp.training.reference_cache import ReferenceLossCache, cache_key
 from weighted_mtp.training.task import Task

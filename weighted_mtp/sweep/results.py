@@ -12,9 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from weighted_mtp.distributed import env_info
 from weighted_mtp.fileio import atomic_write_text
 from weighted_mtp.sweep.naming import JobInfo
-from weighted_mtp.training.distributed import env_info
 
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.json"

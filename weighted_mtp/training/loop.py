@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.sampling import build_sampler
@@ -32,7 +33,6 @@ from weighted_mtp.models.tokenizer import Tokenizer, config_tokenizer_path, load
 from weighted_mtp.progress import Progress
 from weighted_mtp.tracking import create_tracker
 from weighted_mtp.tracking.base import Tracker
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
 from weighted_mtp.training.parallel import Replicated

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.models.reader import CheckpointReader, assign_weights, load_weights
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training import fsdp
 
 
@@ -97,9 +97,13 @@ class Sharded(Replicated):
         return fsdp.resharded_after(model)
 
 
+#: ``runtime.distributed`` -> its parallelism over several processes (one process: Replicated)
+PARALLELISMS: dict[str, type[Replicated]] = {"ddp": Replicated, "fsdp": Sharded}
+
+
 def build(
     distributed: str, info: dist.DistInfo, device: torch.device, amp: torch.dtype | None
 ) -> Replicated:
     """The parallelism for ``runtime.distributed`` (``fsdp`` shards only with >1 process)."""
-    cls = Sharded if distributed == "fsdp" and info.enabled else Replicated
+    cls = PARALLELISMS[distributed] if info.enabled else Replicated
     return cls(info, device, amp)

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.data.collate import Batch
 from weighted_mtp.errors import TrainingDiverged
 from weighted_mtp.models.mtp import MTPTransformer
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.runtime import autocast
 from weighted_mtp.training.task import Task, denominators, micro_step

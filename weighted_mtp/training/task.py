@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from weighted_mtp.data.collate import Batch
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
-from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
 from weighted_mtp.training.value import value_loss, value_mask, value_targets
 from weighted_mtp.weighting.base import StepInputs, Weighting, WeightingInputs

@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.data.collate import Collator
 from weighted_mtp.data.dataset import ProcessedDataset
 from weighted_mtp.data.sampling import validation_indices
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models.mtp import MTPTransformer
-from weighted_mtp.training import distributed as dist
-from weighted_mtp.training.distributed import DistInfo
 from weighted_mtp.training.losses import mtp_loss, mtp_targets
 from weighted_mtp.training.runtime import autocast
 from weighted_mtp.training.task import Task

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.errors import UserError
-from weighted_mtp.training.distributed import DistInfo
 
 HeadWeightFn = Callable[[int, Tensor], Tensor]
 """weight_fn(k, ce) -> weights: k = head index, ce = that head's detached per-token CE

@@ -33,7 +33,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from weighted_mtp.training import distributed as dist
+from weighted_mtp import distributed as dist
 from weighted_mtp.weighting.base import (
     HeadWeightFn,
     StepInputs,

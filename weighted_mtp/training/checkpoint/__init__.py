@@ -14,17 +14,13 @@ One checkpoint is a directory in ``checkpoint.save_dir``:
   (``weights-00000-of-00004.safetensors``, ...): each rank writes its own shards.
 
 See :mod:`.files` (atomic writes, manifest), :mod:`.tensors` (state <-> safetensors),
-:mod:`.reader` (verified reads), :mod:`.manager` (the Checkpointer), :mod:`.rng`, :mod:`.compat`
-(resume safety), :mod:`.migrate` (old pickle ``.pt`` -> this format).
+:mod:`.reader` (verified reads), :mod:`.manager` (the Checkpointer), :mod:`.save_dir`
+(which checkpoints a save_dir holds, retention), :mod:`.rng`, :mod:`.compat` (resume
+safety), :mod:`.migrate` (old pickle ``.pt`` -> this format).
 """
 
 from weighted_mtp.training.checkpoint.files import CheckpointError, Manifest
-from weighted_mtp.training.checkpoint.manager import (
-    Checkpointer,
-    latest_valid,
-    periodic_checkpoints,
-    prune,
-)
+from weighted_mtp.training.checkpoint.manager import Checkpointer
 from weighted_mtp.training.checkpoint.reader import (
     Checkpoint,
     file_sha256,
@@ -34,6 +30,7 @@ from weighted_mtp.training.checkpoint.reader import (
     load_value_head,
 )
 from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
+from weighted_mtp.training.checkpoint.save_dir import latest_valid, periodic_checkpoints, prune
 
 __all__ = [
     "Checkpoint",

@@ -1,4 +1,5 @@
-"""Resume safety: a resumed run must keep the data plan and the schedule it started with.
+"""Resume safety: a resumed run must keep the data plan and the schedule it started with,
+and its LoRA adapter settings.
 
 :data:`LOCKED` fields decide which records are drawn, in which order, and the step and
 learning-rate schedule. Resuming with any of them changed (or on another number of
@@ -9,7 +10,10 @@ continues at the checkpoint's position under the new values.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from weighted_mtp.training.checkpoint.files import CheckpointError
 
@@ -70,3 +74,33 @@ def check_plan(
         )
         raise CheckpointError("\n".join(lines))
     return changed
+
+
+def check_adapter(
+    saved: tuple[Any, dict[str, torch.Tensor]] | None, run_config: Any | None, where: Path
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's LoRA adapter tensors (``saved``: :meth:`Checkpoint.adapter`) by
+    parameter name ({} without LoRA), after checking that its adapter settings are this
+    run's (``run_config``: the run's peft ``LoraConfig``, None without LoRA)."""
+    from weighted_mtp.models import lora
+
+    if saved is None:
+        if run_config is not None:
+            raise CheckpointError(
+                f"{where} has no LoRA adapter (a full fine-tuning checkpoint): resume it "
+                "with models.policy.lora.enabled=false, or start fresh"
+            )
+        return {}
+    config, tensors = saved
+    if run_config is None:
+        raise CheckpointError(
+            f"{where} holds LoRA adapters: resume it with models.policy.lora.enabled=true "
+            "and its settings (adapter_config.json), or start fresh"
+        )
+    changed = lora.same_settings(config, run_config)
+    if changed:
+        raise CheckpointError(
+            f"cannot resume from {where}: models.policy.lora would change "
+            f"({'; '.join(changed)}); resume with the checkpoint's adapter settings"
+        )
+    return {lora.param_name(k): v for k, v in tensors.items()}

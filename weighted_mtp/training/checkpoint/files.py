@@ -15,12 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from weighted_mtp.data.index import sha256_file
 from weighted_mtp.errors import UserError
 from weighted_mtp.fileio import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+MANIFEST, STATE, CONFIG = "manifest.json", "state.json", "config.yaml"
 FORMAT = "weighted_mtp.checkpoint"
 VERSION = 2
 
@@ -139,10 +141,32 @@ def replace_dir(tmp: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def temp_dir(dst: Path) -> Path:
+    """Where checkpoint ``dst`` is written before :func:`finish` moves it into place
+    (the same name on every rank)."""
+    return dst.with_name(f".{dst.name}.tmp")
+
+
+def finish(
+    tmp: Path,
+    dst: Path,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    known: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Complete the checkpoint written into ``tmp``: ``state.json`` (with the format
+    header), ``config.yaml``, then the manifest (last: it marks the directory complete;
+    ``known`` as for :func:`write_manifest`), and move it to ``dst``."""
+    write_json(tmp / STATE, {"format": FORMAT, "version": VERSION} | state)
+    (tmp / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    write_manifest(tmp, known=known)
+    replace_dir(tmp, dst)
+
+
 def link_dir(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of the checkpoint ``src`` by hard links (its files are never
     modified), swapped in atomically: ``dst`` is the old or the new one, never a mix."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = temp_dir(dst)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, copy_function=os.link)
     replace_dir(tmp, dst)

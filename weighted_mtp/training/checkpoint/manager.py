@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -28,81 +27,23 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from weighted_mtp import distributed as dist
 from weighted_mtp.models import lora
-from weighted_mtp.training import distributed as dist
 from weighted_mtp.training.checkpoint import compat
 from weighted_mtp.training.checkpoint.files import (
-    VERSION,
     CheckpointError,
     clean_stale,
     file_entry,
+    finish,
     link_dir,
-    replace_dir,
-    write_json,
-    write_manifest,
+    temp_dir,
 )
-from weighted_mtp.training.checkpoint.reader import (
-    CONFIG,
-    PATH_FIELDS,
-    STATE,
-    Checkpoint,
-    relative_paths,
-)
+from weighted_mtp.training.checkpoint.reader import Checkpoint, absolute_paths, relative_paths
 from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
+from weighted_mtp.training.checkpoint.save_dir import latest_valid, prune
 from weighted_mtp.training.checkpoint.tensors import decode, encode, write_part
 
 log = logging.getLogger(__name__)
-PERIODIC = re.compile(r"^checkpoint_step(\d+)$")
-
-
-def periodic_checkpoints(save_dir: Path) -> list[Path]:
-    """Periodic checkpoints in ``save_dir``, oldest first."""
-    if not save_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in save_dir.iterdir() if (m := PERIODIC.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def candidates(save_dir: Path) -> list[Path]:
-    """What ``resume=auto`` tries, newest first: final, periodic, best."""
-    found = [save_dir / "checkpoint_final", *reversed(periodic_checkpoints(save_dir))]
-    return [p for p in [*found, save_dir / "checkpoint_best"] if p.exists()]
-
-
-def latest_valid(save_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint whose every file matches its manifest, and why each newer
-    one was skipped."""
-    skipped = []
-    for p in candidates(save_dir):
-        try:
-            ck = Checkpoint(p)
-            ck.manifest.verify_all()
-            return ck, skipped
-        except CheckpointError as exc:
-            skipped.append(f"{p.name}: {exc}")
-    return None, skipped
-
-
-def prune(save_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest periodic checkpoints (best/final untouched)."""
-    periodic = periodic_checkpoints(save_dir)
-    doomed = periodic[: max(0, len(periodic) - keep)] if keep > 0 else []
-    for p in doomed:
-        shutil.rmtree(p)
-    return doomed
-
-
-def _absolute_config(cfg) -> dict[str, Any]:
-    """The resolved config with its path fields made absolute (works from any cwd)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for field in PATH_FIELDS:
-        section, _, leaf = field.rpartition(".")
-        node = data
-        for k in section.split("."):
-            node = node.get(k, {})
-        if node.get(leaf):
-            node[leaf] = str(Path(node[leaf]).absolute())
-    return data
 
 
 class Checkpointer:
@@ -127,7 +68,7 @@ class Checkpointer:
         self.options = frozen_base if self.adapted else None
         # a trained FSDP-sharded policy: every rank writes its own shards
         self.sharded = parallel.sharded and "policy" in modules and not self.adapted
-        self.config = _absolute_config(cfg)
+        self.config = absolute_paths(OmegaConf.to_container(cfg, resolve=True))
         self._plan: dict[str, Any] | None = None
 
     # --- writing -------------------------------------------------------------------
@@ -142,8 +83,6 @@ class Checkpointer:
     def meta(self, val: dict[str, float], path: Path, optim_skel: Any, rng_skel: Any) -> dict:
         task = self.task
         return {
-            "format": "weighted_mtp.checkpoint",
-            "version": VERSION,
             "stage": self.cfg.experiment.stage,
             "step": self.step,
             "epoch": self.sampler.epoch,
@@ -166,7 +105,7 @@ class Checkpointer:
     def save(self, stem: str, val: dict[str, float]) -> Path:
         """Write checkpoint ``stem`` (collective: every rank calls it)."""
         info, path = self.info, self.save_dir / stem
-        tmp = path.with_name(f".{stem}.tmp")  # the same name on every rank
+        tmp = temp_dir(path)
         if info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -192,15 +131,11 @@ class Checkpointer:
             rng_tensors: dict[str, torch.Tensor] = {}
             rng_skel = encode(rng_state(), rng_tensors)
             write_part(tmp, "rng", rng_tensors, 0, 1, False)
-            meta = self.meta(val, path, optim_skel, rng_skel)
-            write_json(tmp / STATE, meta)
-            (tmp / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(self.config)))
             known = {}
             for h in tmp.glob(".hash-*.json"):
                 known |= json.loads(h.read_text())
                 h.unlink()
-            write_manifest(tmp, known=known)  # last: marks the directory complete
-            replace_dir(tmp, path)
+            finish(tmp, path, self.meta(val, path, optim_skel, rng_skel), self.config, known)
         dist.barrier(info)
         return path
 
@@ -292,7 +227,8 @@ class Checkpointer:
                 flush=True,
             )
         msd, osd = get_state_dict(self.container, self.optimizer, options=self.options)
-        adapter = self._adapter_of(ck)
+        run_lora = self.modules["policy"].peft_config[lora.ADAPTER] if self.adapted else None
+        adapter = compat.check_adapter(ck.adapter(), run_lora, ck.path)
         weights = ck.part("weights")
         saved = set(weights) | {POLICY + k for k in adapter}
         extra = sorted(saved - set(msd))
@@ -331,31 +267,6 @@ class Checkpointer:
         best = meta["best_val_loss"]
         self.best = math.inf if best is None else best
         self.best_step = int(meta.get("best_step", -1))
-
-    def _adapter_of(self, ck: Checkpoint) -> dict[str, torch.Tensor]:
-        """The checkpoint's LoRA adapter tensors by parameter name (none without LoRA),
-        after checking that its adapter settings are this run's."""
-        saved = ck.adapter()
-        if saved is None:
-            if self.adapted:
-                raise CheckpointError(
-                    f"{ck.path} has no LoRA adapter (a full fine-tuning checkpoint): resume it "
-                    "with models.policy.lora.enabled=false, or start fresh"
-                )
-            return {}
-        config, tensors = saved
-        if not self.adapted:
-            raise CheckpointError(
-                f"{ck.path} holds LoRA adapters: resume it with models.policy.lora.enabled=true "
-                "and its settings (adapter_config.json), or start fresh"
-            )
-        changed = lora.same_settings(config, self.modules["policy"].peft_config[lora.ADAPTER])
-        if changed:
-            raise CheckpointError(
-                f"cannot resume from {ck.path}: models.policy.lora would change "
-                f"({'; '.join(changed)}); resume with the checkpoint's adapter settings"
-            )
-        return {lora.param_name(k): v for k, v in tensors.items()}
 
     def _reconcile_best(self) -> None:
         """Make ``checkpoint_best`` the recorded best again if a kill cut its update."""

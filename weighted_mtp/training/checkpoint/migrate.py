@@ -17,23 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from weighted_mtp.training.checkpoint.compat import plan_of
-from weighted_mtp.training.checkpoint.files import (
-    VERSION,
-    CheckpointError,
-    replace_dir,
-    write_json,
-    write_manifest,
-)
-from weighted_mtp.training.checkpoint.reader import (
-    CONFIG,
-    PATH_FIELDS,
-    STATE,
-    Checkpoint,
-    relative_paths,
-)
+from weighted_mtp.training.checkpoint.files import CheckpointError, finish, temp_dir
+from weighted_mtp.training.checkpoint.reader import Checkpoint, absolute_paths, relative_paths
 from weighted_mtp.training.checkpoint.tensors import encode, write_part
 
 HELP = "verify a checkpoint against its manifest, or migrate an old pickle .pt checkpoint"
@@ -87,15 +74,7 @@ def migrate(src: Path, out: Path | None = None) -> Path:
 
     state = read_legacy(src)
     dst = out or src.with_suffix("")
-    cfg = state["config"]
-    for field in PATH_FIELDS:
-        section, _, leaf = field.rpartition(".")
-        node = OmegaConf.select(OmegaConf.create(cfg), section)
-        if node is not None and node.get(leaf):
-            cfg_node = cfg
-            for k in section.split("."):
-                cfg_node = cfg_node[k]
-            cfg_node[leaf] = str(Path(cfg_node[leaf]).absolute())
+    cfg = absolute_paths(state["config"])
     train = cfg["dataset"]["train"]
     sha = content_sha256(train) if Path(train).is_file() else None
     world = int(state["sampler"].get("world_size", 1))
@@ -113,8 +92,6 @@ def migrate(src: Path, out: Path | None = None) -> Path:
     weights = {f"{m}.{k}": t for m, sd in state["modules"].items() for k, t in sd.items()}
     best = state["best_val_loss"]
     meta = {
-        "format": "weighted_mtp.checkpoint",
-        "version": VERSION,
         "stage": state["stage"],
         "step": state["step"],
         "epoch": state["epoch"],
@@ -133,16 +110,13 @@ def migrate(src: Path, out: Path | None = None) -> Path:
         "optimizer": optim_skel,
         "rng": rng_skel,
     }
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = temp_dir(dst)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_part(tmp, "weights", weights, 0, 1, False)
     write_part(tmp, "optimizer", opt_tensors, 0, 1, False)
     write_part(tmp, "rng", rng_tensors, 0, 1, False)
-    write_json(tmp / STATE, meta)
-    (tmp / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    write_manifest(tmp)
-    replace_dir(tmp, dst)
+    finish(tmp, dst, meta, cfg)
     return dst
 
 

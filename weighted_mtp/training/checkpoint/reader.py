@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import yaml
 
-from weighted_mtp.models import value_head
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.checkpoint.files import (
+    CONFIG,
     MANIFEST,
+    STATE,
     VERSION,
     CheckpointError,
     Manifest,
@@ -30,7 +31,6 @@ from weighted_mtp.training.checkpoint.files import (
 )
 from weighted_mtp.training.checkpoint.tensors import PartReader, decode
 
-STATE, CONFIG = "state.json", "config.yaml"
 # config fields holding paths: stored absolute, plus relative to the checkpoint
 PATH_FIELDS = (
     "models.policy.path",
@@ -155,15 +155,32 @@ class Checkpoint:
         return value
 
 
+def _section(cfg: dict[str, Any], field: str) -> tuple[dict[str, Any] | None, str]:
+    """(the dict holding ``field``'s leaf or None, the leaf's name)."""
+    section, _, leaf = field.rpartition(".")
+    node: Any = cfg
+    for k in section.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` (a plain config dict) with its PATH_FIELDS made absolute, in place, so a
+    checkpoint's config works from any cwd; returns ``cfg``."""
+    for field in PATH_FIELDS:
+        node, leaf = _section(cfg, field)
+        if node is not None and node.get(leaf):
+            node[leaf] = str(Path(node[leaf]).absolute())
+    return cfg
+
+
 def relative_paths(cfg: dict[str, Any], ckpt_dir: Path) -> dict[str, str]:
     """PATH_FIELDS of ``cfg`` (absolute already) relative to ``ckpt_dir``."""
     out = {}
     for field in PATH_FIELDS:
-        node: Any = cfg
-        for k in field.split("."):
-            node = node.get(k) if isinstance(node, dict) else None
-        if node:
-            out[field] = os.path.relpath(node, ckpt_dir)
+        node, leaf = _section(cfg, field)
+        if node is not None and node.get(leaf):
+            out[field] = os.path.relpath(node[leaf], ckpt_dir)
     return out
 
 
@@ -180,22 +197,22 @@ def load(path: str | Path, with_modules: bool = True) -> dict[str, Any]:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Identity of what a model or value head was read from: a checkpoint directory's
-    manifest, a value-head directory's safetensors, or the file itself."""
+    """Identity of what a value head was read from: a checkpoint directory's manifest
+    digest, or the file's sha256."""
     p = Path(path)
-    if p.is_dir():
-        if (p / MANIFEST).is_file():
-            return Manifest(p).digest()
-        p = p / "value_head.safetensors"
+    if p.is_dir() and (p / MANIFEST).is_file():
+        return Manifest(p).digest()
     return sha256_file(p)
 
 
 def load_value_head(path: str | Path) -> ValueHead:
-    """The value head of a training checkpoint (critic or verifiable), or of a standalone
-    ``value_head.safetensors`` file or directory."""
+    """The value head of a training checkpoint (critic or verifiable)."""
     p = Path(path)
     if not is_checkpoint(p):
-        return value_head.load_value_head(p)
+        raise CheckpointError(
+            f"{p} is not a training checkpoint: point experiment.critic_checkpoint at a "
+            "critic checkpoint (e.g. checkpoint_best)"
+        )
     ck = Checkpoint(p)
     if ck.meta.get("value_head_config") is None:
         raise CheckpointError(

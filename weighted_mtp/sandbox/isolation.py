@@ -169,7 +169,7 @@ def get_isolation(name: str) -> Isolation:
     if name not in ISOLATIONS:
         raise UserError(f"isolation={name!r}: choose one of {', '.join(ISOLATIONS)}")
     if name not in _INSTANCES:
-        from weighted_mtp.evaluation.bwrap import BwrapIsolation
+        from weighted_mtp.sandbox.bwrap import BwrapIsolation
 
         _INSTANCES.setdefault(name, BwrapIsolation() if name == "bwrap" else NoIsolation())
     return _INSTANCES[name]

@@ -21,7 +21,6 @@ program's source arrives on an inherited file descriptor.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -34,42 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from weighted_mtp.data.records import outputs_match
-from weighted_mtp.evaluation.isolation import ISOLATIONS, get_isolation
+from weighted_mtp.sandbox.isolation import get_isolation
+from weighted_mtp.sandbox.limits import Limits
 
 T = TypeVar("T")
 VIOLATION_EXIT = 97  # exit code of a program stopped by a guard
 MEMORY_EXIT = 98  # exit code of a program that raised MemoryError
 GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits and isolation options for one program run."""
-
-    timeout_s: float = 10.0  # wall clock, from spawn to exit
-    cpu_s: int | None = None  # RLIMIT_CPU; default ceil(timeout_s) + 1
-    memory_mb: int = 1024  # RLIMIT_AS (virtual address space)
-    max_output_bytes: int = 1 << 20  # per stream; beyond it output is cut, truncated=True
-    max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE (also bounds stdout/stderr files)
-    max_open_files: int = 256  # RLIMIT_NOFILE
-    max_procs: int = 64  # RLIMIT_NPROC: processes + threads of one run (bwrap only)
-    disk_mb: int = 64  # size of the private work dir (bwrap: a tmpfs; none: not enforced)
-    guards: bool = True  # in-process guards; disable only for trusted code or tests
-    isolation: str = "bwrap"  # "bwrap" (OS-level) or "none" (see isolation.py)
-    python: str | None = None  # interpreter; None = the isolation's default
-
-    def __post_init__(self) -> None:
-        names = ("timeout_s", "memory_mb", "max_output_bytes", "max_file_bytes", "max_procs")
-        for name in (*names, "max_open_files", "disk_mb"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.cpu_s is not None and self.cpu_s < 1:
-            raise ValueError(f"Limits.cpu_s must be >= 1 second, got {self.cpu_s!r}")
-        if self.isolation not in ISOLATIONS:
-            raise ValueError(
-                f"Limits.isolation must be one of {ISOLATIONS}, got {self.isolation!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -87,28 +57,6 @@ class ExecResult:
     returncode: int
     wall_time: float
     truncated: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    """First failing test: index, run status, and (clipped) input/expected/actual output."""
-
-    index: int
-    status: str
-    input: str
-    expected: str
-    got: str
-    stderr: str
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Verdict for one program against its tests."""
-
-    passed: bool
-    n_passed: int
-    n_tests: int
-    first_failure: Failure | None = None
 
 
 _BOOTSTRAP = """\
@@ -134,21 +82,6 @@ except MemoryError:
     os.write(2, b"MemoryError\\n")
     os._exit(_cfg["memory_exit"])
 """
-
-
-def _rlimits(limits: Limits, nproc: bool) -> dict[str, tuple[int, int]]:
-    cpu = limits.cpu_s or math.ceil(limits.timeout_s) + 1
-    mem = limits.memory_mb << 20
-    out = {
-        "RLIMIT_CPU": (cpu, cpu + 1),
-        "RLIMIT_AS": (mem, mem),
-        "RLIMIT_FSIZE": (limits.max_file_bytes, limits.max_file_bytes),
-        "RLIMIT_NOFILE": (limits.max_open_files, limits.max_open_files),
-        "RLIMIT_CORE": (0, 0),
-    }
-    if nproc:  # counted per uid (per user namespace under bwrap); ignored for root
-        out["RLIMIT_NPROC"] = (limits.max_procs, limits.max_procs)
-    return out
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -224,7 +157,7 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
             cfg = {"fd": fsrc.fileno(), "guards": limits.guards, "guard_source": GUARD_SOURCE}
             cfg |= {"violation_exit": VIOLATION_EXIT, "memory_exit": MEMORY_EXIT}
             launch = iso.launch([python, "-s", "-B", "-c", _BOOTSTRAP], base, limits.disk_mb << 20)
-            cfg["rlimits"] = _rlimits(limits, launch.nproc)
+            cfg["rlimits"] = limits.rlimits(launch.nproc)
             user: dict[str, object] = {}
             if launch.user is not None:
                 user = {"user": launch.user, "group": launch.user, "extra_groups": []}
@@ -254,45 +187,8 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
     return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc)
 
 
-def _clip(text: str, n: int = 2000) -> str:
-    return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
-
-
-def check_stdio(
-    source: str, tests: Sequence[dict[str, str]], limits: Limits | None = None
-) -> CheckResult:
-    """Run ``source`` on each ``{"input", "output"}`` test; stop at the first failure.
-
-    A test passes when the run status is ``"ok"``, output was not truncated and the
-    stdout matches the expected output (:func:`~weighted_mtp.data.records.outputs_match`).
-    Raises ValueError on no tests.
-    """
-    if not tests:
-        raise ValueError("check_stdio needs at least one test; an untested program cannot pass")
-    for i, test in enumerate(tests):
-        res = run_program(source, test["input"], limits)
-        expected = test["output"]
-        if res.status != "ok" or res.truncated or not outputs_match(res.stdout, expected):
-            fail = Failure(
-                i, res.status, _clip(test["input"]), _clip(expected), _clip(res.stdout),
-                _clip(res.stderr[-4000:]),
-            )  # fmt: skip
-            return CheckResult(False, i, len(tests), fail)
-    return CheckResult(True, len(tests), len(tests))
-
-
-def check_function(program: str, limits: Limits | None = None) -> CheckResult:
-    """Run a self-checking program (:func:`~weighted_mtp.data.records.humaneval_program`);
-    passes iff it exits 0."""
-    res = run_program(program, "", limits)
-    if res.status == "ok":
-        return CheckResult(True, 1, 1)
-    fail = Failure(0, res.status, "", "", _clip(res.stdout), _clip(res.stderr[-4000:]))
-    return CheckResult(False, 0, 1, fail)
-
-
 def run_many(jobs: Sequence[Callable[[], T]], max_workers: int = 4) -> list[T]:
-    """Run zero-argument jobs (e.g. ``functools.partial(check_stdio, src, tests, limits)``)
+    """Run zero-argument jobs (e.g. ``functools.partial(run_program, src, stdin, limits)``)
     with at most ``max_workers`` at a time; results come back in input order."""
     if max_workers < 1:
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")

@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from weighted_mtp.evaluation.isolation import (
+from weighted_mtp.sandbox.isolation import (
     PATH,
     SANDBOX_UID,
     WORK_DIR,
