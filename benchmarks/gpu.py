@@ -33,9 +33,9 @@ import time
 import torch
 
 from weighted_mtp.config.loader import compose
+from weighted_mtp.distributed import DistInfo
 from weighted_mtp.models.mtp import ModelArgs
 from weighted_mtp.plan.simulate import run_rank, simulate_rank
-from weighted_mtp.training.distributed import DistInfo
 
 PRESETS = {
     "7b-8": dict(dim=4096, n_layers=8, n_heads=32, vocab_size=32000),
