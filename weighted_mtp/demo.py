@@ -40,12 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jobs", type=int, default=2, help="stages trained / evaluated at once (processes)"
     )
     p.add_argument("--epochs", type=float, default=1.0, help="epochs of the policy stages")
-    p.add_argument("--critic-epochs", type=float, default=2.0, help="epochs of the critic")
+    p.add_argument("--critic-epochs", type=float, default=30.0, help="epochs of the critic")
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (policy stages)")
     p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
-    p.add_argument("--val-samples", type=int, default=64, help="validation records scored")
+    p.add_argument(
+        "--val-samples", type=int, default=300, help="validation records scored (300 = all)"
+    )
     p.add_argument("--evals-per-epoch", type=int, default=2, help="validation points per epoch")
     p.add_argument("--eval-samples", type=int, default=5, help="samples per test problem")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -96,8 +98,8 @@ def stage_overrides(
         "runtime.device=cpu",
     ]
     out.append(f"training.learning_rate={args.critic_lr if critic else args.lr}")
-    if critic:  # the demo's critic: an MLP value head on the frozen policy
-        out.append("models.value_head.type=mlp")
+    if critic:  # the demo's critic: a prefix-max value head on the frozen policy
+        out.append("models.value_head.type=prefix_max")
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")

@@ -192,7 +192,7 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
 
     out = tmp_path / "demo"
     argv = ["--storage", str(micro_storage), "--out", str(out), "--n-samples", "16"]
-    argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "4"]
+    argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "16"]
     argv += ["--evals-per-epoch", "2", "--eval-samples", "2", "--limit", "2"]
     argv += ["--max-new-tokens", "8", "--jobs", "2"]  # two worker processes
     argv += ["--pretrain-problems", "200", "--pretrain-steps", "40"]  # as micro_storage was built

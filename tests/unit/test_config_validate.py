@@ -60,7 +60,7 @@ def problems(overrides: list[str], path_overrides: list[str], check_paths: bool 
         (["training.gamma=0"], "training.gamma", "0 < gamma <= 1"),
         (["training.lr_scheduler=step"], "training.lr_scheduler", "cosine, linear, constant"),
         (["runtime.amp_dtype=float8"], "runtime.amp_dtype", "bfloat16, float16"),
-        (["models.value_head.type=conv"], "models.value_head.type", "linear, mlp"),
+        (["models.value_head.type=conv"], "models.value_head.type", "linear, mlp, prefix_max"),
         (["runtime.distributed=zero3"], "runtime.distributed", "ddp, fsdp"),
         (["checkpoint.resume=/nonexistent.pt"], "checkpoint.resume", "is not a checkpoint"),
         (["stage=verifiable", "training.value_coef=-1"], "training.value_coef", ">= 0"),

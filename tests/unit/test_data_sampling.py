@@ -205,6 +205,12 @@ def test_validation_indices() -> None:
     assert len(a) == 50 and index.is_correct[a].all() and (np.diff(a) > 0).all()
     assert a.tolist() == validation_indices(index, True, 50, 3).tolist()
     assert len(validation_indices(index, correct_only=False, n=None)) == len(index)
+    for n in (2, 3, 7, 50):  # stratified: both labels present, shares kept
+        both = validation_indices(index, correct_only=False, n=n, seed=3)
+        labels = np.asarray(index.is_correct)[both]
+        assert len(set(both.tolist())) == n and 0 < labels.sum() < n
+        share = np.asarray(index.is_correct).mean()
+        assert abs(labels.sum() - n * share) <= 1
 
 
 def test_build_sampler_keeps_user_errors(caplog: pytest.LogCaptureFixture) -> None:

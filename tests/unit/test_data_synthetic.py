@@ -121,3 +121,16 @@ def test_pretrain_corpus_is_disjoint_correct_and_runs(splits: dict) -> None:
     jobs = [(r.output, [t["input"] for t in r.metadata["tests"]]) for r in sample]
     for r, o in zip(sample, run_programs(jobs), strict=True):  # the programs pass their tests
         assert all(passes(o, [t["output"] for t in r.metadata["tests"]]))
+
+
+def test_families_stay_balanced_over_setups_draws():
+    """No family's parameter space runs out over what setup draws (~900 problems for the
+    splits + 1500 for the pretraining corpus), so each stays 1/20 of the problems."""
+    from random import Random
+
+    from weighted_mtp.data.synthetic import _make_problems
+    from weighted_mtp.data.synthetic_tasks_lists import FAMILIES
+
+    problems = _make_problems(Random(0), 2600, set())
+    counts = Counter(p.family for p in problems)
+    assert len(problems) == 2600 and set(counts.values()) == {2600 // len(FAMILIES)}

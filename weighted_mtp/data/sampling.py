@@ -349,12 +349,26 @@ def validation_indices(
     index: Index, correct_only: bool = True, n: int | None = None, seed: int = 0
 ) -> np.ndarray:
     """Deterministic validation subset: ``n`` record ids (all if ``n`` is None or larger),
-    only correct records when ``correct_only``; returned sorted."""
+    only correct records when ``correct_only``; returned sorted.
+
+    With both labels, the subset is stratified: the correct records keep their share of
+    the file (rounded), and each label gets at least one record when both exist and
+    ``n >= 2``, so AUROC and the correct records' CE are always defined."""
     pool = np.flatnonzero(index.is_correct) if correct_only else np.arange(len(index))
     if n is None or n >= len(pool):
         return pool
     rng = np.random.default_rng([seed, 7])
-    return np.sort(rng.choice(pool, size=n, replace=False))
+    if correct_only:
+        return np.sort(rng.choice(pool, size=n, replace=False))
+    good = np.flatnonzero(index.is_correct)
+    bad = np.flatnonzero(~np.asarray(index.is_correct, dtype=bool))
+    n_good = round(n * len(good) / len(pool))
+    if len(good) and len(bad) and n >= 2:
+        n_good = min(max(n_good, 1), n - 1)
+    n_good = min(max(n_good, n - len(bad)), len(good))
+    picked = rng.choice(good, size=n_good, replace=False)
+    rest = rng.choice(bad, size=n - n_good, replace=False)
+    return np.sort(np.concatenate([picked, rest]))
 
 
 def build_sampler(node: Any, **runtime: Any) -> RecordSampler:

@@ -53,7 +53,7 @@ def _second(text: str) -> list[int]:
 
 
 def affine(rng: Random) -> Problem:
-    op, c = rng.choice(["+", "-", "*"]), rng.randint(2, 60)
+    op, c = rng.choice(["+", "-", "*"]), rng.randint(2, 999)
     word = {"+": "plus", "-": "minus", "*": "times"}[op]
     ins = [f"{rng.randint(-50, 200)}\n" for _ in range(6)]
     return Problem(
@@ -68,7 +68,7 @@ def affine(rng: Random) -> Problem:
 
 
 def two_lin(rng: Random) -> Problem:
-    x, y, op = rng.randint(1, 9), rng.randint(1, 9), rng.choice(["+", "-"])
+    x, y, op = rng.randint(1, 30), rng.randint(1, 30), rng.choice(["+", "-"])
     ins = [f"{rng.randint(-20, 50)} {rng.randint(-20, 50)}\n" for _ in range(6)]
     return Problem(
         "two_lin",
@@ -82,7 +82,7 @@ def two_lin(rng: Random) -> Problem:
 
 
 def divmod_(rng: Random) -> Problem:
-    k, rev = rng.randint(2, 99), rng.random() < 0.5
+    k, rev = rng.randint(2, 999), rng.random() < 0.5
     order = "the remainder and then the quotient" if rev else "the quotient and the remainder"
     expr = f"n % {k}, n // {k}" if rev else f"n // {k}, n % {k}"
     ins = [f"{rng.randint(0, 1000)}\n" for _ in range(5)] + [f"{k - 1}\n"]
@@ -98,7 +98,7 @@ def divmod_(rng: Random) -> Problem:
 
 
 def max3(rng: Random) -> Problem:
-    fn, c = rng.choice(["max", "min"]), rng.randint(0, 60)
+    fn, c = rng.choice(["max", "min"]), rng.randint(0, 500)
     word = "largest" if fn == "max" else "smallest"
     ins = [" ".join(str(rng.randint(-30, 30)) for _ in range(3)) + "\n" for _ in range(6)]
     return Problem(
@@ -113,7 +113,7 @@ def max3(rng: Random) -> Problem:
 
 
 def divisible(rng: Random) -> Problem:
-    k, neg = rng.randint(2, 60), rng.random() < 0.5
+    k, neg = rng.randint(2, 500), rng.random() < 0.5
     cond = f"n % {k} != 0" if neg else f"n % {k} == 0"
     what = "not divisible" if neg else "divisible"
     ins = [f"{rng.randint(0, 500)}\n" for _ in range(4)] + [f"{k * 3}\n", f"{k + 1}\n"]
@@ -129,7 +129,7 @@ def divisible(rng: Random) -> Problem:
 
 
 def sum_scaled(rng: Random) -> Problem:
-    op, c = rng.choice(["+", "*", "-"]), rng.randint(1, 50)
+    op, c = rng.choice(["+", "*", "-"]), rng.randint(1, 400)
     word = {"+": "plus", "-": "minus", "*": "times"}[op]
     loop = f"{READ_LIST}s = 0\nfor x in a:\n    s += x\nprint(s {op} {c})\n"
     return Problem(
@@ -148,7 +148,7 @@ _CMP = {">": "greater than", "<": "less than", ">=": "at least", "<=": "at most"
 
 
 def count_cmp(rng: Random) -> Problem:
-    cmp, k = rng.choice(list(_CMP)), rng.randint(-10, 20)
+    cmp, k = rng.choice(list(_CMP)), rng.randint(-50, 200)
     loop = f"{READ_LIST}c = 0\nfor x in a:\n    if x {cmp} {k}:\n        c += 1\nprint(c)\n"
     return Problem(
         "count_cmp",
@@ -170,16 +170,17 @@ def _words(rng: Random, letters: str, k: int = 6) -> list[str]:
 
 def char_count(rng: Random) -> Problem:
     ch, other = rng.choice("abcdefghijklmnopqrstuvwxyz"), rng.random() < 0.5
+    c = rng.randint(0, 40)
     expr = f'len(s) - s.count("{ch}")' if other else f's.count("{ch}")'
     what = f"of its letters are not '{ch}'" if other else f"times the letter '{ch}' appears in it"
     return Problem(
         "char_count",
         5,
-        {"ch": ch, "other": int(other)},
-        f"Read a string of lowercase letters. Print how many {what}.",
-        [f"s = input()\nprint({expr})\n"],
+        {"ch": ch, "other": int(other), "c": c},
+        f"Read a string of lowercase letters. Let k be how many {what}. Print k plus {c}.",
+        [f"s = input()\nprint({expr} + {c})\n"],
         _words(rng, ch * 3 + "abcxyz"),
-        lambda t: str(len(t.strip()) - t.count(ch) if other else t.count(ch)),
+        lambda t: str((len(t.strip()) - t.count(ch) if other else t.count(ch)) + c),
     )
 
 
@@ -206,7 +207,7 @@ def string_map(rng: Random) -> Problem:
 
 
 def multiples(rng: Random) -> Problem:
-    k, desc = rng.randint(2, 40), rng.random() < 0.5
+    k, desc = rng.randint(2, 500), rng.random() < 0.5
     rng_expr = "range(n, 0, -1)" if desc else "range(1, n + 1)"
     order = "decreasing" if desc else "increasing"
     body = f"r = []\nfor i in {rng_expr}:\n    if i % {k} == 0:\n        r.append(i)\n"
@@ -232,7 +233,7 @@ def multiples(rng: Random) -> Problem:
 
 
 def digit_sum(rng: Random) -> Problem:
-    op, c = rng.choice(["+", "*"]), rng.randint(1, 40)
+    op, c = rng.choice(["+", "*"]), rng.randint(1, 500)
     word = "plus" if op == "+" else "times"
     loop = (
         f"n = int(input())\ns = 0\nwhile n > 0:\n    s += n % 10\n    n //= 10\nprint(s {op} {c})\n"

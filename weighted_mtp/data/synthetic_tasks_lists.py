@@ -26,26 +26,26 @@ LIST_INTRO = "The first line contains n, the second line n integers. "
 
 
 def max_index(rng: Random) -> Problem:
-    fn, last = rng.choice(["max", "min"]), rng.random() < 0.5
+    fn, last, base = rng.choice(["max", "min"]), rng.random() < 0.5, rng.randint(0, 99)
     cmp = {("max", False): ">", ("max", True): ">=", ("min", False): "<", ("min", True): "<="}
     word = "largest" if fn == "max" else "smallest"
     which = "last" if last else "first"
     loop = (
         f"{READ_LIST}b = 0\nfor i in range(1, n):\n    if a[i] {cmp[fn, last]} a[b]:\n"
-        "        b = i\nprint(b + 1)\n"
+        f"        b = i\nprint(b + {base})\n"
     )
 
     def solve(t: str) -> str:
         a = _second(t)
         best = (max if fn == "max" else min)(a)
         pos = [i for i, x in enumerate(a) if x == best]
-        return str((pos[-1] if last else pos[0]) + 1)
+        return str((pos[-1] if last else pos[0]) + base)
 
     return Problem(
         "max_index",
         7,
-        {"fn": fn, "last": int(last)},
-        f"{LIST_INTRO}Print the position (counting from 1) of the {word} integer. If it "
+        {"fn": fn, "last": int(last), "base": base},
+        f"{LIST_INTRO}Print the position (counting from {base}) of the {word} integer. If it "
         f"appears several times, print its {which} position.",
         [loop],
         _list_inputs(rng, -5, 5),
@@ -54,7 +54,7 @@ def max_index(rng: Random) -> Problem:
 
 
 def distinct_div(rng: Random) -> Problem:
-    k, neg = rng.randint(2, 40), rng.random() < 0.5
+    k, neg = rng.randint(2, 300), rng.random() < 0.5
     cond = f"x % {k} != 0" if neg else f"x % {k} == 0"
     what = "not divisible" if neg else "divisible"
     return Problem(
@@ -73,23 +73,23 @@ def distinct_div(rng: Random) -> Problem:
 
 
 def topk(rng: Random) -> Problem:
-    k, desc = rng.randint(1, 20), rng.random() < 0.5
+    k, desc, c = rng.randint(1, 8), rng.random() < 0.5, rng.randint(0, 60)
     sort = "a.sort(reverse=True)" if desc else "a.sort()"
     order = "non-increasing" if desc else "non-decreasing"
     return Problem(
         "topk",
         8,
-        {"k": k, "desc": int(desc)},
-        f"{LIST_INTRO}Sort them in {order} order and print the first {k} of them, separated "
-        f"by spaces (all of them if there are fewer than {k}).",
-        [f'{READ_LIST}{sort}\nprint(" ".join(map(str, a[:{k}])))\n'],
+        {"k": k, "desc": int(desc), "c": c},
+        f"{LIST_INTRO}Sort them in {order} order and print the first {k} of them plus {c} "
+        f"each, separated by spaces (all of them if there are fewer than {k}).",
+        [f'{READ_LIST}{sort}\nprint(" ".join(str(x + {c}) for x in a[:{k}]))\n'],
         _list_inputs(rng, -20, 40),
-        lambda t: " ".join(map(str, sorted(_second(t), reverse=desc)[:k])),
+        lambda t: " ".join(str(x + c) for x in sorted(_second(t), reverse=desc)[:k]),
     )
 
 
 def second_value(rng: Random) -> Problem:
-    big, c = rng.random() < 0.5, rng.randint(0, 20)
+    big, c = rng.random() < 0.5, rng.randint(0, 500)
     pick = "a[-2]" if big else "a[1]"
     word = "second largest" if big else "second smallest"
     src = (
@@ -148,7 +148,7 @@ def fib_mod(rng: Random) -> Problem:
 
 
 def count_pairs(rng: Random) -> Problem:
-    k, op = rng.randint(2, 30), rng.choice(["+", "-"])
+    k, op = rng.randint(2, 300), rng.choice(["+", "-"])
     word = "sum" if op == "+" else "difference"
     src = (
         f"{READ_LIST}c = 0\nfor i in range(n):\n    for j in range(i + 1, n):\n"
@@ -177,7 +177,7 @@ def count_pairs(rng: Random) -> Problem:
 
 
 def stairs(rng: Random) -> Problem:
-    k, m = rng.randint(2, 6), rng.choice([97, 101, 997, 1009, 10007, 1000, 100, 9973])
+    k, m = rng.randint(2, 6), rng.randint(50, 9999)
     src = (
         f"n = int(input())\nw = [1] + [0] * n\nfor i in range(1, n + 1):\n"
         f"    for j in range(1, {k} + 1):\n        if i >= j:\n"
@@ -204,20 +204,20 @@ def stairs(rng: Random) -> Problem:
 
 
 def window(rng: Random) -> Problem:
-    k, fn = rng.randint(2, 12), rng.choice(["max", "min"])
+    k, fn, c = rng.randint(2, 12), rng.choice(["max", "min"]), rng.randint(0, 40)
     word = "largest" if fn == "max" else "smallest"
     src = (
-        f"{READ_LIST}if n < {k}:\n    print(sum(a))\nelse:\n    s = sum(a[:{k}])\n    b = s\n"
+        f"{READ_LIST}if n < {k}:\n    print(sum(a) + {c})\nelse:\n    s = sum(a[:{k}])\n    b = s\n"
         f"    for i in range({k}, n):\n        s += a[i] - a[i - {k}]\n"
-        f"        b = {fn}(b, s)\n    print(b)\n"
+        f"        b = {fn}(b, s)\n    print(b + {c})\n"
     )
 
     def solve(t: str) -> str:
         a = _second(t)
         if len(a) < k:
-            return str(sum(a))
+            return str(sum(a) + c)
         sums = [sum(a[i : i + k]) for i in range(len(a) - k + 1)]
-        return str((max if fn == "max" else min)(sums))
+        return str((max if fn == "max" else min)(sums) + c)
 
     ins = [
         f"{n}\n" + " ".join(str(rng.randint(-9, 9)) for _ in range(n)) + "\n"
@@ -226,9 +226,9 @@ def window(rng: Random) -> Problem:
     return Problem(
         "window",
         11,
-        {"k": k, "fn": fn},
-        f"{LIST_INTRO}Print the {word} sum of {k} consecutive integers. If n < {k}, print the "
-        "sum of all of them.",
+        {"k": k, "fn": fn, "c": c},
+        f"{LIST_INTRO}Print the {word} sum of {k} consecutive integers plus {c}. If n < {k}, "
+        f"print the sum of all of them plus {c}.",
         [src],
         ins,
         solve,
@@ -236,22 +236,24 @@ def window(rng: Random) -> Problem:
 
 
 def max_subarray(rng: Random) -> Problem:
-    c = rng.randint(-10, 10)
+    c, fn = rng.randint(-99, 99), rng.choice(["max", "min"])
     add = f"+ {c}" if c >= 0 else f"- {-c}"
+    word = "largest" if fn == "max" else "smallest"
     src = (
         f"{READ_LIST}best = cur = a[0] {add}\nfor x in a[1:]:\n"
-        f"    cur = max(x {add}, cur + x {add})\n    best = max(best, cur)\nprint(best)\n"
+        f"    cur = {fn}(x {add}, cur + x {add})\n    best = {fn}(best, cur)\nprint(best)\n"
     )
 
     def solve(t: str) -> str:
         a = [x + c for x in _second(t)]
-        return str(max(sum(a[i:j]) for i in range(len(a)) for j in range(i + 1, len(a) + 1)))
+        sums = [sum(a[i:j]) for i in range(len(a)) for j in range(i + 1, len(a) + 1)]
+        return str((max if fn == "max" else min)(sums))
 
     return Problem(
         "max_subarray",
         11,
-        {"c": c},
-        f"{LIST_INTRO}Add {c} to every integer, then print the largest sum of a non-empty "
+        {"c": c, "fn": fn},
+        f"{LIST_INTRO}Add {c} to every integer, then print the {word} sum of a non-empty "
         "block of consecutive integers.",
         [src],
         _list_inputs(rng, -12, 8),

@@ -4,7 +4,8 @@ On a fixed subset of ``dataset.validation`` (``training.eval_samples`` records, 
 once by seed): ``val/mtp_ce`` is the plain (unweighted) MTP cross-entropy over the
 correct records' response tokens, the same number for every stage so runs compare;
 ``val/head{k}_ce`` per head. With a value head: ``val/value_loss`` over all records and
-``val/auroc``, how well V at the last state separates correct from incorrect.
+``val/auroc``, how well V at the last state separates correct from incorrect (left out
+when the subset holds only one class, where it is undefined).
 ``val/loss`` (what ``save_best`` minimises) is ``val/mtp_ce``, or ``val/value_loss`` for a
 stage without MTP loss (critic). Under FSDP every rank runs the same number of batches
 (ranks with fewer records run padding batches that count nothing), so the sharded model's
@@ -115,9 +116,9 @@ class Validator:
             metrics["val/value_loss"] = v_sum / max(v_count, 1)
             mine = (torch.cat(last_v), torch.cat(correct)) if last_v else (torch.zeros(0),) * 2
             scores = dist.all_gather_objects(mine, info)
-            metrics["val/auroc"] = auroc(
-                torch.cat([s for s, _ in scores]), torch.cat([c for _, c in scores])
-            )
+            score = auroc(torch.cat([s for s, _ in scores]), torch.cat([c for _, c in scores]))
+            if score == score:  # undefined (NaN) when the subset holds one class: left out
+                metrics["val/auroc"] = score
         key = "val/mtp_ce" if self.task.weighting is not None else "val/value_loss"
         metrics["val/loss"] = metrics.get(key, float("nan"))
         return metrics
