@@ -94,16 +94,21 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dt
     }
 
 
+def read_params(path: Path) -> ModelArgs:
+    """The MTP shape: ``params.json`` beside ``.metadata``."""
+    from weighted_mtp.models.formats import PARAMS_FILE, _read_params
+
+    if not (path / PARAMS_FILE).is_file():
+        raise UserError(f"{path}: a DCP checkpoint needs {PARAMS_FILE} beside {METADATA_FILE}")
+    return _read_params(path)
+
+
 def read_dcp(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """params + the whole state dict (in the stored dtype) of a DCP directory, in this
     process alone: however many ranks wrote it, ``dcp.load`` fills full-size tensors from
     every stored chunk."""
-    from weighted_mtp.models.formats import PARAMS_FILE, _read_params
-
     p = Path(path)
-    if not (p / PARAMS_FILE).is_file():
-        raise UserError(f"{p}: a DCP checkpoint needs {PARAMS_FILE} beside {METADATA_FILE}")
-    args = _read_params(p)
+    args = read_params(p)
     sd = {k: torch.empty(s, dtype=dt) for k, (s, dt) in tensor_shapes(p).items()}
     with warnings.catch_warnings():  # one process on purpose: not a missing process group
         warnings.filterwarnings("ignore", "torch.distributed is disabled")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Shard
 
 from weighted_mtp.errors import UserError
-from weighted_mtp.models.dcp import METADATA_FILE, SafeReader, is_dcp, tensor_shapes
+from weighted_mtp.models.dcp import SafeReader, is_dcp, read_params, tensor_shapes
 from weighted_mtp.models.formats import (
     PARAMS_FILE,
     SAFETENSORS_FILE,
@@ -51,10 +51,7 @@ class CheckpointReader:
         self._st = None
         self.dcp = is_dcp(p)
         if self.dcp:
-            if not (p / PARAMS_FILE).exists():
-                raise UserError(f"{p}: a DCP checkpoint needs {PARAMS_FILE} beside {METADATA_FILE}")
-            self.args = _read_params(p)
-            self.shapes = tensor_shapes(p)
+            self.args, self.shapes = read_params(p), tensor_shapes(p)
         elif (p.is_file() and p.suffix == ".safetensors") or (p / SAFETENSORS_FILE).exists():
             file = p / SAFETENSORS_FILE if p.is_dir() else p
             self._st = safe_open(str(file), framework="pt")
