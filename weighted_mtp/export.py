@@ -1,7 +1,8 @@
 """``python -m weighted_mtp export --checkpoint PATH --to hf OUT``.
 
-PATH: a training checkpoint directory (replicated, fsdp or LoRA), a Meta model directory
-or a safetensors checkpoint. The conversion itself lives in :mod:`weighted_mtp.models.hf`.
+PATH: a training checkpoint directory (replicated, fsdp or LoRA), a Meta model directory,
+a safetensors checkpoint or a torch.distributed.checkpoint (DCP) directory. The
+conversion itself lives in :mod:`weighted_mtp.models.hf`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         metavar="PATH",
-        help="training checkpoint directory, Meta model directory or safetensors",
+        help="training checkpoint directory, Meta model directory, safetensors or DCP directory",
     )
     parser.add_argument("--to", required=True, choices=["hf"], help="target format")
     parser.add_argument("out", metavar="OUT", help="output directory")

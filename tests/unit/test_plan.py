@@ -219,3 +219,26 @@ def test_adamw_step_memory_is_the_same_on_fake_and_real_tensors(kind: dict) -> N
     # tracked: the parameter and its two moments (+ step counters), plus foreach's temporary
     tensors = 4 if "foreach" in kind else 3
     assert tensors * size <= real < tensors * size + 1024, real
+
+
+def test_no_grad_forward_memory_is_the_same_on_fake_and_real_tensors() -> None:
+    """A no-grad forward (validation, the critic's frozen trunk) frees each temporary after
+    its last use on fake tensors as a real run does: the simulated machine keeps no fake
+    tensor alive (e.g. in FakeTensorMode's memo of converted tensors)."""
+    from weighted_mtp.plan.fake import fake_world
+    from weighted_mtp.plan.tracker import PlainTracker, peak
+
+    def forward_peak(fake: bool) -> int:
+        with fake_world(0, 1) if fake else torch.no_grad():
+            torch.manual_seed(0)
+            with torch.device("meta"):
+                model = MTPTransformer(ModelArgs(**TINY), torch.bfloat16)
+            model.to_empty(device="cpu").requires_grad_(False)
+            ids = torch.randint(0, 512, (2, 64))
+            tracker = PlainTracker(512)
+            tracker.track_external(model)
+            with tracker, torch.no_grad():
+                model.head_hidden(0, model.trunk(ids))
+            return peak(tracker)[0]
+
+    assert forward_peak(True) == forward_peak(False)

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="a checkpoint directory (checkpoint_final/) or a Meta model dir",
+        help="a checkpoint directory (checkpoint_final/), or a Meta, safetensors or DCP model dir",
     )
     p.add_argument("--data", required=True, help="processed jsonl split with tests")
     p.add_argument("--k", type=_ks, default=[1], help="pass@k values, e.g. 1,5 (default 1)")

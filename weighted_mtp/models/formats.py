@@ -1,4 +1,5 @@
-"""Checkpoint formats of the MTP policy: Meta directories and safetensors.
+"""Checkpoint formats of the MTP policy: Meta directories and safetensors (and, read
+only, torch.distributed.checkpoint directories: :mod:`weighted_mtp.models.dcp`).
 
 Meta directory: ``params.json`` + ``consolidated.pth`` or model-parallel shards
 ``consolidated.00.pth``, ``consolidated.01.pth``, ... Shards are concatenated the way Meta's
@@ -215,8 +216,13 @@ def model_from_state_dict(
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
-    """params + state dict of a Meta dir, a safetensors dir or a .safetensors file."""
+    """params + state dict of a Meta dir, a safetensors dir or a .safetensors file, or a
+    torch.distributed.checkpoint dir (:mod:`weighted_mtp.models.dcp`)."""
+    from weighted_mtp.models.dcp import is_dcp, read_dcp  # (it reads params.json here)
+
     p = Path(path)
+    if is_dcp(p):
+        return read_dcp(p)
     if (p.is_file() and p.suffix == ".safetensors") or (p / SAFETENSORS_FILE).exists():
         return read_safetensors(p)
     if p.is_dir():

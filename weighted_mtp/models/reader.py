@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Shard
 
 from weighted_mtp.errors import UserError
+from weighted_mtp.models.dcp import SafeReader, is_dcp, read_params, tensor_shapes
 from weighted_mtp.models.formats import (
     PARAMS_FILE,
     SAFETENSORS_FILE,
@@ -37,7 +38,6 @@ from weighted_mtp.models.formats import (
 )
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 
-DCP_METADATA = ".metadata"  # marks a torch.distributed.checkpoint directory
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -49,17 +49,9 @@ class CheckpointReader:
         p = self.path = Path(path)
         self._parts: list[dict[str, Tensor]] = []
         self._st = None
-        self.dcp = p.is_dir() and (p / DCP_METADATA).exists()
+        self.dcp = is_dcp(p)
         if self.dcp:
-            if not (p / PARAMS_FILE).exists():
-                raise UserError(f"{p}: a DCP checkpoint needs {PARAMS_FILE} beside {DCP_METADATA}")
-            self.args = _read_params(p)
-            metadata = dcp.FileSystemReader(str(p)).read_metadata().state_dict_metadata
-            self.shapes = {
-                k: (tuple(m.size), m.properties.dtype)
-                for k, m in metadata.items()
-                if hasattr(m, "chunks")  # tensors (not bytes entries)
-            }
+            self.args, self.shapes = read_params(p), tensor_shapes(p)
         elif (p.is_file() and p.suffix == ".safetensors") or (p / SAFETENSORS_FILE).exists():
             file = p / SAFETENSORS_FILE if p.is_dir() else p
             self._st = safe_open(str(file), framework="pt")
@@ -103,7 +95,7 @@ class CheckpointReader:
         if self.dcp:
             shape, dtype = self.shapes[key]
             full = {key: torch.empty(shape, dtype=dtype)}
-            dcp.load(full, storage_reader=dcp.FileSystemReader(str(self.path)), no_dist=True)
+            dcp.load(full, storage_reader=SafeReader(str(self.path)), no_dist=True)
             return full[key][start:stop]
         if self._st is not None:
             return self._st.get_slice(key)[start:stop]
@@ -154,7 +146,7 @@ def load_weights(model: nn.Module, reader: CheckpointReader) -> None:
         missing = sorted(set(params) - set(reader.shapes))
         if missing:
             raise UserError(f"{reader.path}: DCP checkpoint lacks {missing[:5]}")
-        storage = dcp.FileSystemReader(str(reader.path))
+        storage = SafeReader(str(reader.path))
         dcp.load(params, storage_reader=storage, no_dist=not tdist.is_initialized())
         return
     for name, p in model.named_parameters():

@@ -14,7 +14,6 @@ sequence fills ``dataset.max_length``, which is what the plan reports.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,21 +85,34 @@ def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-class _ShortMemo(OrderedDict):
-    """FakeTensorMode's memo of converted tensors, holding the last few strongly.
+class _ConversionMemo(dict):
+    """FakeTensorMode's memo of converted tensors, holding entries for one conversion only.
 
-    The mode's own memo holds a *weak* reference to the fake tensor behind every
-    ``nn.Parameter`` it creates, and ``Module.to()`` / ``.float()`` must swap fake
-    parameters, which ``torch.utils.swap_tensors`` refuses while a weak reference exists.
-    The memo is only read within one conversion, so the last few entries are enough.
+    The converter memoises every fake tensor it makes, the output of every simulated op
+    included. Its own memo holds them by *weak* reference, which ``Module.to()`` /
+    ``.float()`` cannot live with (``torch.utils.swap_tensors`` refuses to swap a fake
+    parameter that has a weak reference); holding them strongly would keep freed tensors
+    alive (a real run frees a no-grad temporary as soon as its last use is done). The memo
+    is only read within one conversion (a view's base, a tensor met twice in the same
+    input), so the converter's entry points below empty it when the outermost conversion
+    returns.
     """
 
-    SIZE = 16
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        while len(self) > self.SIZE:
-            self.popitem(last=False)
+    def around(self, convert: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.depth += 1
+            try:
+                return convert(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if not self.depth:
+                    self.clear()
+
+        return run
 
 
 def real_mesh(init_mesh: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,7 +141,10 @@ def fake_world(rank: int, world_size: int) -> Iterator[FakeTensorMode]:
     # (and each candidate of find_fix after it) is the same whatever ran before it
     FakeTensorMode.cache_clear()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    mode.fake_tensor_converter.meta_converter.tensor_memo = _ShortMemo()
+    converter = mode.fake_tensor_converter
+    memo = converter.meta_converter.tensor_memo = _ConversionMemo()
+    converter.from_real_tensor = memo.around(converter.from_real_tensor)
+    converter.from_meta_and_device = memo.around(converter.from_meta_and_device)
     with group, mode, WorstCaseData():
         yield mode
 
