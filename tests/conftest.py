@@ -25,6 +25,21 @@ STAGES = ("baseline", "critic", "verifiable", "rho1")
 PROFILES = ("local", "vessl")
 
 
+# The files with the longest tests (pytest --durations), run first: under pytest-xdist
+# (`make test`: --dist loadfile --no-loadscope-reorder hands out files in this order) no
+# long file starts last and runs alone while the other workers idle.
+LONG_FILES_FIRST = (
+    "tests/unit/test_plan.py",
+    "tests/integration/test_fsdp.py",
+    "tests/integration/test_evaluate.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for this test (tiny models: faster, and immune to a busy
