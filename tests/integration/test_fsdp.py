@@ -3,7 +3,8 @@ reduce-scatter per unit per micro-batch, the same collectives on every rank; the
 checkpoint loads in one process.
 
 Run as a script (``torchrun ... test_fsdp.py OUT``) this module is the worker of
-``test_reduce_scatter_per_micro_batch``.
+``test_reduce_scatter_per_micro_batch``; ``torchrun ... test_fsdp.py train FILE...`` trains
+each config file in turn in one launch (``test_every_stage_fsdp_equals_one_process``).
 """
 
 from __future__ import annotations
