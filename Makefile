@@ -28,8 +28,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# pytest-xdist: TEST_JOBS worker processes, a test file's tests on one worker (its module
+# fixtures built once), files handed out in collection order (tests/integration's long ones
+# first, not xdist's fewest-tests-last order); the micro assets are built once for all.
+# TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
 test: bwrap $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 
 # One intra-op thread per process: the suite runs on small machines (2 cores) and starts
 # subprocesses (torchrun ranks, sweeps); oversubscribed torch threads spin and crawl.
@@ -20,6 +23,21 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("baseline", "critic", "verifiable", "rho1")
 PROFILES = ("local", "vessl")
+
+
+# The files with the longest tests (pytest --durations), run first: under pytest-xdist
+# (`make test`: --dist loadfile --no-loadscope-reorder hands out files in this order) no
+# long file starts last and runs alone while the other workers idle.
+LONG_FILES_FIRST = (
+    "tests/unit/test_plan.py",
+    "tests/integration/test_fsdp.py",
+    "tests/integration/test_evaluate.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
 
 
 @pytest.fixture
@@ -52,13 +70,37 @@ def path_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (blocks until the holder lets go)."""
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this test run that every pytest-xdist worker sees (the workers'
+    common base temp); the session's own base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def micro_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The micro assets (`python -m weighted_mtp setup`), built once per test session."""
+    """The micro assets (`python -m weighted_mtp setup`), built once per test run: the
+    first xdist worker to get here builds them under a lock, the others wait and share
+    them. Read-only for tests (copy them to change anything)."""
     from weighted_mtp.setup_assets import setup
 
-    root = tmp_path_factory.mktemp("storage")
-    setup(root, pretrain_problems=200, pretrain_steps=40)  # tests need a model, not a good one
+    shared = run_shared_dir(tmp_path_factory)
+    root, done = shared / "micro-storage", shared / "micro-storage.done"
+    with _exclusive(shared / "micro-storage.lock"):
+        if not done.exists():
+            setup(root, pretrain_problems=200, pretrain_steps=40)  # a model, not a good one
+            done.touch()
     return root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -190,8 +191,10 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
     """The demo's whole path on a tiny budget: four stages, three evaluations, outputs."""
     from weighted_mtp import demo
 
+    # its own copy: the demo runs setup (which rewrites the splits) on its storage
+    storage = shutil.copytree(micro_storage, tmp_path / "storage")
     out = tmp_path / "demo"
-    argv = ["--storage", str(micro_storage), "--out", str(out), "--n-samples", "16"]
+    argv = ["--storage", str(storage), "--out", str(out), "--n-samples", "16"]
     argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "16"]
     argv += ["--evals-per-epoch", "2", "--eval-samples", "2", "--limit", "2"]
     argv += ["--max-new-tokens", "8", "--jobs", "2"]  # two worker processes

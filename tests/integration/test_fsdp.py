@@ -3,7 +3,8 @@ reduce-scatter per unit per micro-batch, the same collectives on every rank; the
 checkpoint loads in one process.
 
 Run as a script (``torchrun ... test_fsdp.py OUT``) this module is the worker of
-``test_reduce_scatter_per_micro_batch``.
+``test_reduce_scatter_per_micro_batch``; ``torchrun ... test_fsdp.py train FILE...`` trains
+each config file in turn in one launch (``test_every_stage_fsdp_equals_one_process``).
 """
 
 from __future__ import annotations
@@ -140,13 +141,11 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
         "mlflow.experiment=dist",
     ]
 
-    def run(stage: str, name: str, *extra: str) -> dict:
-        launcher = []
+    def cfg(stage: str, name: str, *extra: str):
         size = ["training.batch_size=4"]
-        if name.endswith(("fsdp", "ddp")):
-            launcher = [*TORCHRUN, f"--master_port={free_port()}"]
-            size = ["training.batch_size=2", f"runtime.distributed={name.rsplit('-')[-1]}"]
-        cfg = make_cfg(
+        if name.endswith("fsdp"):
+            size = ["training.batch_size=2", "runtime.distributed=fsdp"]
+        return make_cfg(
             stage,
             *common,
             *size,
@@ -155,14 +154,26 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
             f"models.reference.cache_dir={tmp_path}/{name}-cache",
             *extra,
         )
-        _train(cfg, launcher, tmp_path, name)
+
+    def result(name: str) -> dict:
         state = ckpt.load(tmp_path / name / "checkpoint_final")
         return {**state, "losses": losses(f"sqlite:///{tmp_path}/{name}.db")}
 
     critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final"
     # rho1's default selection scope is the whole step over all ranks: 1 process is a peer
-    for stage, extra in (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", [])):
-        a, b = run(stage, stage, *extra), run(stage, f"{stage}-fsdp", *extra)
+    stages = (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", []))
+    for stage, extra in stages:
+        app.run(cfg(stage, stage, *extra))
+    # the three 2-rank runs in one torchrun launch (`train` for each, in order)
+    files = []
+    for stage, extra in stages:
+        files.append(tmp_path / f"{stage}-fsdp.yaml")
+        files[-1].write_text(OmegaConf.to_yaml(cfg(stage, f"{stage}-fsdp", *extra)))
+    cmd = [*TORCHRUN, f"--master_port={free_port()}", __file__, "train", *map(str, files)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for stage, _ in stages:
+        a, b = result(stage), result(f"{stage}-fsdp")
         assert a["step"] == b["step"] == 2, stage
         assert a["modules"].keys() == b["modules"].keys(), stage
         for name in a["modules"]:
@@ -396,5 +407,23 @@ def _before(fn, hook):
     return wrapped
 
 
+def _train_each(configs: list[str]) -> None:
+    """``train --config FILE`` for each file, in one process group (torchrun's): the
+    stage runs tear nothing down between them, the last one ends the group."""
+    import torch.distributed as tdist
+
+    from weighted_mtp.__main__ import main
+    from weighted_mtp.training import distributed
+
+    tdist.init_process_group("gloo")
+    shutdown, distributed.shutdown = distributed.shutdown, lambda: None
+    for f in configs:
+        assert main(["train", "--config", f]) == 0, f
+    shutdown()
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    if sys.argv[1] == "train":
+        _train_each(sys.argv[2:])
+    else:
+        _worker(sys.argv[1])
