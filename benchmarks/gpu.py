@@ -34,7 +34,7 @@ import torch
 
 from weighted_mtp.config.loader import compose
 from weighted_mtp.distributed import DistInfo
-from weighted_mtp.models.mtp import ModelArgs
+from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.plan.simulate import run_rank, simulate_rank
 
 PRESETS = {
@@ -141,7 +141,8 @@ def main() -> int:
         "vocab_size": args.vocab_size,
     }
     device = torch.device(a.device)
-    n_params = sum(p.numel() for p in _meta_model(args).parameters())
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in MTPTransformer(args).parameters())
     ceiling = matmul_tflops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
@@ -175,13 +176,6 @@ def main() -> int:
             json.dump({"preset": a.preset, "params": n_params, "matmul_tflops": ceiling,
                        "device": name, "rows": rows}, f, indent=2)  # fmt: skip
     return 0
-
-
-def _meta_model(args: ModelArgs) -> torch.nn.Module:
-    from weighted_mtp.models.mtp import MTPTransformer
-
-    with torch.device("meta"):
-        return MTPTransformer(args)
 
 
 if __name__ == "__main__":

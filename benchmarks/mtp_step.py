@@ -149,7 +149,7 @@ def _run_variant(a: argparse.Namespace) -> dict:
     return {
         "variant": a.variant,
         "step_s": statistics.median(times),
-        "peak_rss_mb": peak_mb,
+        "peak_mb": peak_mb,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "loss": losses[-1],
     }
@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         r = res[v]
         print(
             f"  ({v}) {names[v]:<46} step {r['step_s']:8.3f} s   {peak} "
-            f"{r['peak_rss_mb']:8.0f} MB   params {r['params_m']:.1f} M"
+            f"{r['peak_mb']:8.0f} MB   params {r['params_m']:.1f} M"
         )
     ra, rb, rc = res["a"], res["b"], res["c"]
     flop = _flops_per_token(a, a.n_future) / _flops_per_token(a, 1)
     print(
-        f"  memory a/b {ra['peak_rss_mb'] / rb['peak_rss_mb']:.3f}   "
-        f"memory a/c {ra['peak_rss_mb'] / rc['peak_rss_mb']:.3f}"
+        f"  memory a/b {ra['peak_mb'] / rb['peak_mb']:.3f}   "
+        f"memory a/c {ra['peak_mb'] / rc['peak_mb']:.3f}"
     )
     print(
         f"  time   a/b {ra['step_s'] / rb['step_s']:.3f}   time a/c "

@@ -92,7 +92,7 @@ class _ModuleStats(WeakIdKeyDictionary):
 
 
 _META_ONLY = [0]  # > 0 while DTensor's sharding propagation runs (metadata, no storage)
-# a private method (torch 2.6 .. 2.13); where a torch lacks it nothing is patched
+# a private method of recent torch versions; where a torch lacks it nothing is patched
 _PROPAGATE = getattr(ShardingPropagator, "_propagate_tensor_meta_non_cached", None)
 
 
