@@ -9,6 +9,13 @@ tracker; also printed: each process's peak-RSS increase. Target: planned/measure
     python benchmarks/memory.py              # dim 1024, 8 blocks, vocab 32000, seq 512
     python benchmarks/memory.py --small      # a tiny model, seconds per case
     python benchmarks/memory.py --stages baseline --modes fsdp --json
+    python benchmarks/memory.py --fp32       # no bf16 autocast (CPUs without native bf16)
+
+bf16 autocast is on by default, as on the cluster. A CPU without native bf16 matmul
+(no AVX512-BF16/AMX) runs it ~100x slower than float32 (the 2-core development machine:
+0.26 vs 36 GFLOP/s), so the mid-size cases take hours there; ``--fp32`` plans and runs
+both in float32 instead (the plan is checked against the same configuration either way;
+bf16 on real hardware: ``benchmarks/gpu.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default="baseline,critic,verifiable,rho1")
     p.add_argument("--modes", default="ddp,fsdp")
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--small", action="store_true", help="dim 64, 4 blocks, vocab 512, seq 64")
+    p.add_argument("--small", action="store_true", help="dim 64, 6 blocks, vocab 512, seq 64")
+    p.add_argument("--fp32", action="store_true", help="float32: no bf16 autocast")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -61,7 +69,8 @@ def main() -> int:
     rows = []
     print(
         f"model: dim {a.dim}, {a.blocks} blocks, vocab {a.vocab}; seq {a.seq}, batch "
-        f"{a.batch} x {a.accum} micro-batches, {a.ranks} ranks (gloo, CPU)",
+        f"{a.batch} x {a.accum} micro-batches, {a.ranks} ranks (gloo, CPU), "
+        f"{'float32' if a.fp32 else 'bf16 autocast'}",
         flush=True,
     )
     print(
@@ -77,7 +86,7 @@ def main() -> int:
                     f"stage={stage}",
                     "profile=local",
                     f"runtime.distributed={mode}",
-                    "runtime.mixed_precision=true",
+                    f"runtime.mixed_precision={not a.fp32}",
                     f"dataset.max_length={a.seq}",
                     f"training.batch_size={a.batch}",
                     f"training.gradient_accumulation_steps={a.accum}",
