@@ -60,7 +60,7 @@ REF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_conf
 MAX_CORPUS_CHARS = 4_000_000
 PRETRAIN_BATCH = 16  # sequences per pretraining step
 PRETRAIN_LR = 3e-3  # peak AdamW learning rate of the pretraining
-ASSETS_RECIPE = 4  # raised when what setup builds changes: older storages get rebuilt
+ASSETS_RECIPE = 5  # raised when what setup builds changes: older storages get rebuilt
 
 
 def _strings(obj: Any) -> Iterator[str]:

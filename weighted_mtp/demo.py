@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
     p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 1000)")
-    p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 1500)")
+    p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 8000)")
     p.add_argument(
         "--seeds",
         type=int,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
-PRETRAIN_PROBLEMS = 1500  # problems in the disjoint pretraining corpus
+PRETRAIN_PROBLEMS = 8000  # problems in the disjoint pretraining corpus
 PRETRAIN_STEPS = 1000  # AdamW steps (16 records each) of each micro model on it
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from random import Random
 
 from weighted_mtp.data.synthetic_tasks import (
+    C_MAX,
     READ_LIST,
     Problem,
     _list_inputs,
@@ -54,7 +55,7 @@ def max_index(rng: Random) -> Problem:
 
 
 def distinct_div(rng: Random) -> Problem:
-    k, neg = rng.randint(2, 300), rng.random() < 0.5
+    k, neg = rng.randint(2, C_MAX), rng.random() < 0.5
     cond = f"x % {k} != 0" if neg else f"x % {k} == 0"
     what = "not divisible" if neg else "divisible"
     return Problem(
@@ -89,7 +90,7 @@ def topk(rng: Random) -> Problem:
 
 
 def second_value(rng: Random) -> Problem:
-    big, c = rng.random() < 0.5, rng.randint(0, 500)
+    big, c = rng.random() < 0.5, rng.randint(0, C_MAX)
     pick = "a[-2]" if big else "a[1]"
     word = "second largest" if big else "second smallest"
     src = (
@@ -123,7 +124,7 @@ def second_value(rng: Random) -> Problem:
 
 
 def fib_mod(rng: Random) -> Problem:
-    x0, x1, m = rng.randint(0, 5), rng.randint(1, 5), rng.randint(7, 999)
+    x0, x1, m = rng.randint(0, 5), rng.randint(1, 5), rng.randint(7, C_MAX)
     src = (
         f"n = int(input())\nx, y = {x0}, {x1}\nfor _ in range(n):\n"
         f"    x, y = y, (x + y) % {m}\nprint(x % {m})\n"
@@ -148,7 +149,7 @@ def fib_mod(rng: Random) -> Problem:
 
 
 def count_pairs(rng: Random) -> Problem:
-    k, op = rng.randint(2, 300), rng.choice(["+", "-"])
+    k, op = rng.randint(2, C_MAX), rng.choice(["+", "-"])
     word = "sum" if op == "+" else "difference"
     src = (
         f"{READ_LIST}c = 0\nfor i in range(n):\n    for j in range(i + 1, n):\n"
@@ -177,7 +178,7 @@ def count_pairs(rng: Random) -> Problem:
 
 
 def stairs(rng: Random) -> Problem:
-    k, m = rng.randint(2, 6), rng.randint(50, 9999)
+    k, m = rng.randint(2, 6), rng.randint(10, C_MAX)
     src = (
         f"n = int(input())\nw = [1] + [0] * n\nfor i in range(1, n + 1):\n"
         f"    for j in range(1, {k} + 1):\n        if i >= j:\n"
