@@ -125,17 +125,19 @@ def test_pretrain_corpus_is_disjoint_correct_and_runs(splits: dict) -> None:
 
 def test_splits_stay_balanced_and_the_corpus_covers_every_family():
     """The splits' draws (~1000 problems) take 1/20 from each family; setup's pretraining
-    corpus (8000 more, none of them) runs the smaller families' parameter spaces out
-    (constants of at most two digits) and draws the rest from the larger ones."""
+    corpus (PRETRAIN_PROBLEMS more, none of them) runs the smaller families' parameter
+    spaces out (constants of at most two digits) and draws the rest from the larger ones."""
     from random import Random
 
     from weighted_mtp.data.synthetic import _make_problems
     from weighted_mtp.data.synthetic_tasks_lists import FAMILIES
+    from weighted_mtp.setup_assets import PRETRAIN_PROBLEMS
 
     rng, seen = Random(0), set()
     splits = _make_problems(rng, 1000, seen)
     assert set(Counter(p.family for p in splits).values()) == {1000 // len(FAMILIES)}
-    corpus = _make_problems(rng, 8000, seen)
+    corpus = _make_problems(rng, PRETRAIN_PROBLEMS, seen)
     counts = Counter(p.family for p in corpus)
-    assert len(corpus) == 8000 and len(counts) == len(FAMILIES)
-    assert min(counts.values()) >= 100 and len({p.problem_id for p in splits + corpus}) == 9000
+    assert len(corpus) == PRETRAIN_PROBLEMS and len(counts) == len(FAMILIES)
+    assert min(counts.values()) >= 100
+    assert len({p.problem_id for p in splits + corpus}) == 1000 + PRETRAIN_PROBLEMS
