@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (policy stages)")
     p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
     p.add_argument(
+        "--critic-trunk-cache-mb",
+        type=float,
+        default=512,
+        help="the critic's training.frozen_trunk_cache_mb (its frozen trunk runs once per record)",
+    )
+    p.add_argument(
         "--val-samples", type=int, default=300, help="validation records scored (300 = all)"
     )
     p.add_argument("--evals-per-epoch", type=int, default=2, help="validation points per epoch")
@@ -100,6 +106,7 @@ def stage_overrides(
     out.append(f"training.learning_rate={args.critic_lr if critic else args.lr}")
     if critic:  # the demo's critic: a prefix-max value head on the frozen policy
         out.append("models.value_head.type=prefix_max")
+        out.append(f"training.frozen_trunk_cache_mb={args.critic_trunk_cache_mb}")
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")

@@ -158,6 +158,29 @@ def test_critic_gamma_lam_and_mlp_head(make_cfg, tmp_path) -> None:
     assert not torch.equal(heads[0]["net.2.weight"], heads[1]["net.2.weight"])
 
 
+def test_frozen_trunk_cache_changes_nothing_but_time(make_cfg, tmp_path) -> None:
+    """The critic with its frozen trunk cached trains the same value head as without."""
+    heads, results = [], []
+    for mb in (0, 64):
+        cfg = make_cfg(
+            "critic",
+            "training.n_epochs=3",
+            "training.learning_rate=1e-2",
+            f"training.frozen_trunk_cache_mb={mb}",
+            "checkpoint.save_checkpoint_every=0.5",  # validations: the same records again
+            f"checkpoint.save_dir={tmp_path}/cache{mb}",
+        )
+        result, state = run(cfg)
+        heads.append(state["modules"]["value_head"])
+        results.append(result)
+    assert "train/trunk_cache_hit_rate" not in results[0]
+    assert results[1]["train/trunk_cache_hit_rate"] > 0.1
+    assert results[1]["train/trunk_cache_mb"] > 0
+    for k, v in heads[0].items():
+        torch.testing.assert_close(heads[1][k], v, atol=1e-5, rtol=1e-4)
+    assert abs(results[0]["val/value_loss"] - results[1]["val/value_loss"]) < 1e-5
+
+
 def test_runtime_seed_sets_value_head_init(make_cfg, tmp_path) -> None:
     inits = []
     for seed in (1, 2):

@@ -7,6 +7,8 @@ import pytest
 from weighted_mtp.config.loader import compose
 from weighted_mtp.config.validate import ConfigValidationError, validate
 
+CACHE = "training.frozen_trunk_cache_mb"
+
 
 def problems(overrides: list[str], path_overrides: list[str], check_paths: bool = True) -> str:
     cfg = compose([*path_overrides, *overrides])
@@ -68,6 +70,13 @@ def problems(overrides: list[str], path_overrides: list[str], check_paths: bool 
         (["training.log_interval=0"], "training.log_interval", "> 0"),
         (["dataset.max_length=0"], "dataset.max_length", "> 0"),
         (["data_sampling.n_samples=0"], "data_sampling.n_samples", "> 0"),
+        (["stage=critic", f"{CACHE}=-1"], CACHE, ">= 0"),
+        ([f"{CACHE}=64"], CACHE, "only the critic"),
+        (
+            ["stage=critic", f"{CACHE}=64", "runtime.distributed=fsdp"],
+            CACHE,
+            "sharded (fsdp) trunk",
+        ),
     ],
 )
 def test_rule_fails_with_field_and_fix(overrides, field, needle, path_overrides) -> None:

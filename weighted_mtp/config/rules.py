@@ -81,6 +81,7 @@ def ranges(c: Checker) -> None:
         ("training.weight_decay", ">= 0"),
         ("models.value_head.hidden_dim", ">= 0 (0: the model's dim)"),
         ("training.activation_checkpointing_blocks", ">= 0 (null: every block)"),
+        ("training.frozen_trunk_cache_mb", ">= 0 (0: off)"),
     ):
         v = _num(c, key)
         c.range(key, v is None or v >= 0, rule, "0")
@@ -214,6 +215,32 @@ def lora(c: Checker, stage: str | None) -> None:
             "the critic stage trains no policy weights (the policy is frozen), so adapters "
             "would never change",
             f"--override {key}.enabled=false (use LoRA for baseline, verifiable or rho1)",
+        )
+
+
+def trunk_cache(c: Checker, stage: str | None) -> None:
+    """``training.frozen_trunk_cache_mb``: only where the trunk is frozen (critic) and
+    replicated (a sharded trunk's forward is a collective every rank must join)."""
+    key = "training.frozen_trunk_cache_mb"
+    mb = _num(c, key)
+    if not mb or mb < 0:
+        return
+    if stage != "critic":
+        c.add(
+            key,
+            mb,
+            f"stage {stage} trains the policy's trunk, so its outputs change every step; only "
+            "the critic's trunk is frozen",
+            f"--override {key}=0 (or use it with stage=critic)",
+        )
+    elif c.get("runtime.distributed") == "fsdp":
+        c.add(
+            key,
+            mb,
+            "a sharded (fsdp) trunk's forward all-gathers on every rank, and a cache hit on one "
+            "rank would skip it",
+            f"--override runtime.distributed=ddp (a frozen bf16 trunk fits replicated) "
+            f"or --override {key}=0",
         )
 
 

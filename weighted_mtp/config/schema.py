@@ -129,6 +129,9 @@ class TrainingConfig:
     # with activation_checkpointing: how many blocks recompute in backward, trunk blocks
     # first (selective checkpointing, less recompute); None = every block
     activation_checkpointing_blocks: int | None = None
+    # critic: host memory (MB) for the frozen trunk's outputs, reused by later epochs and
+    # validations instead of a forward (weighted_mtp.training.trunk_cache); 0 = off
+    frozen_trunk_cache_mb: float = 0.0
     # value head targets (critic, verifiable): TD(lambda); gamma=lam=1 is Monte-Carlo R
     gamma: float = 1.0
     lam: float = 1.0

@@ -131,6 +131,7 @@ def validate(
     rules.curriculum(c)
     rules.weighting(c)
     rules.lora(c, stage)
+    rules.trunk_cache(c, stage)
     if check_paths:
         c.path("models.policy.path", "policy model")
         c.path("models.policy.tokenizer_path", "tokenizer")

@@ -2,7 +2,8 @@
 
 The policy is frozen (its trunk runs without gradients); the value head regresses the
 outcome reward at every state (TD(lambda) with ``training.gamma``/``training.lam``), with
-``training.loss_type`` mse | huber | mae.
+``training.loss_type`` mse | huber | mae. ``training.frozen_trunk_cache_mb`` keeps the frozen
+trunk's outputs in host memory, so later epochs and validations skip the policy's forward.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.loop import train
 from weighted_mtp.training.task import Task
+from weighted_mtp.training.trunk_cache import TrunkCache
 
 
 def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
@@ -26,6 +28,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
         value_loss_type=cfg.training.loss_type,
         gamma=cfg.training.gamma,
         lam=cfg.training.lam,
+        trunk_cache=TrunkCache(mb) if (mb := cfg.training.frozen_trunk_cache_mb) else None,
     )
 
 

@@ -234,6 +234,8 @@ def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> di
         m["train/value_loss"] = totals["value_loss"]
     if task.weighting is not None:
         m |= {f"train/{k}": v for k, v in task.weighting.stats().items()}
+    if task.trunk_cache is not None:
+        m |= {f"train/{k}": v for k, v in task.trunk_cache.stats().items()}
     return m
 
 

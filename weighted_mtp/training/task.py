@@ -21,6 +21,7 @@ from weighted_mtp.distributed import DistInfo
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
+from weighted_mtp.training.trunk_cache import TrunkCache
 from weighted_mtp.training.value import value_loss, value_mask, value_targets
 from weighted_mtp.weighting.base import StepInputs, Weighting, WeightingInputs
 
@@ -43,6 +44,8 @@ class Task:
     # (rho1: the reference scores them into its cache, then is released)
     prepare: Callable[[Iterable[Batch]], None] | None = None
     provenance: dict[str, str] = field(default_factory=dict)
+    # the frozen trunk's outputs kept across epochs (critic: training.frozen_trunk_cache_mb)
+    trunk_cache: TrunkCache | None = None
     # weights of this optimizer step's micro-batches (``begin_step``), keyed by id(batch)
     step_weights: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
@@ -69,6 +72,13 @@ class Task:
                 parts.append(StepInputs(self._inputs(b, targets, None), ce))
         for b, weights in zip(batches, w.step_weights(parts, info), strict=True):
             self.step_weights[id(b)] = weights
+
+    def trunk(self, model: MTPTransformer, batch: Batch, grad: bool = False) -> Tensor:
+        """The trunk's hidden states of ``batch`` (from the cache when the stage has one)."""
+        if self.trunk_cache is not None:
+            return self.trunk_cache.trunk(model, batch.input_ids, batch.attention_mask)
+        with torch.set_grad_enabled(grad):
+            return model.trunk(batch.input_ids, batch.attention_mask)
 
     def _inputs(self, batch: Batch, targets: Tensor, values: Tensor | None) -> WeightingInputs:
         return WeightingInputs(
@@ -159,8 +169,7 @@ def micro_step(
     """
     n = model.n_future_tokens
     targets = mtp_targets(batch.labels, n)
-    with torch.set_grad_enabled(backward and task.train_policy):
-        h = model.trunk(batch.input_ids, batch.attention_mask)
+    h = task.trunk(model, batch, grad=backward and task.train_policy)
     out: dict[str, Tensor] = {}
     extra: list[Tensor] = []
     values = None

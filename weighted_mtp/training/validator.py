@@ -82,7 +82,7 @@ class Validator:
             real = bool(records)
             batch = self.collator(records or self.pad_records).to(self.device)
             with autocast(self.device, self.amp):
-                h = self.model.trunk(batch.input_ids, batch.attention_mask)
+                h = self.task.trunk(self.model, batch)
                 if self.task.weighting is not None:
                     labels = batch.labels.masked_fill(~batch.is_correct[:, None], -100)
                     out = mtp_loss(
