@@ -10,12 +10,14 @@
 
 The tokenizer is a Llama-style SentencePiece BPE (unk 0, bos 1, eos 2, no pad, byte
 fallback, identity normalisation, whitespace kept) trained on the corpus, so code
-round-trips through encode/decode exactly. Both models get a deterministic pretraining
-(``pretrain_steps``) so fine-tuning starts from models that know the task distribution
-(``setup`` gives them correct solutions of synthetic problems in no split). Idempotent:
-complete assets built with the same settings are left alone; everything is built in a
-temporary directory and renamed into place. Deterministic for a given corpus, seed and
-torch build (pretraining runs on one intra-op thread, in or out of a worker process).
+round-trips through encode/decode exactly. The policy gets a deterministic pretraining
+(``pretrain_steps``) so fine-tuning starts from a model that knows the task distribution
+(``setup`` gives it correct solutions of synthetic problems in no split); the reference is
+that model's next-token part fine-tuned on high-quality data (``reference_steps``), as
+Rho-1's reference is its base model fine-tuned. Idempotent: complete assets built with the
+same settings are left alone; everything is built in a temporary directory and renamed
+into place. Deterministic for a given corpus, seed and torch build (one intra-op thread;
+in one process or data parallel over two, the same bits).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from random import Random
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from weighted_mtp.data.collate import Encoded, encode_record
 from weighted_mtp.models.formats import save_meta_dir
@@ -60,7 +63,9 @@ REF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "tokenizer_conf
 MAX_CORPUS_CHARS = 4_000_000
 PRETRAIN_BATCH = 16  # sequences per pretraining step
 PRETRAIN_LR = 3e-3  # peak AdamW learning rate of the pretraining
-ASSETS_RECIPE = 5  # raised when what setup builds changes: older storages get rebuilt
+PRETRAIN_SHARDS = 2  # a pretraining step's batch in shards: one per rank with jobs > 1
+REFERENCE_LR = 1e-3  # peak learning rate of the reference's fine-tuning
+ASSETS_RECIPE = 6  # raised when what setup builds changes: older storages get rebuilt
 
 
 def _strings(obj: Any) -> Iterator[str]:
@@ -146,6 +151,23 @@ def _padded(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, labels
 
 
+def _valid_targets(e: Encoded, n: int) -> int:
+    """MTP targets of one sequence that carry a label (response tokens, per head)."""
+    return sum(max(0, len(e.ids) - max(e.prompt_len, k + 1)) for k in range(n))
+
+
+def _shard_gradient(model: MTPTransformer, seqs: list[Encoded], pad_id: int, denom: int):
+    """Flat gradient of these sequences' share of the step loss (``denom``: the step's
+    labelled targets), with the share itself appended; leaves no gradient behind."""
+    ids, labels = _padded(seqs, pad_id)
+    h = model.trunk(ids)
+    out = mtp_loss(model, h, None, mtp_targets(labels, model.n_future_tokens), denominator=denom)
+    backward_trunk(h, out)
+    flat = [p.grad.reshape(-1) for p in model.parameters()] + [out.loss.detach().reshape(1)]
+    model.zero_grad(set_to_none=True)
+    return torch.cat(flat)
+
+
 def pretrain(
     model: MTPTransformer,
     seqs: list[Encoded],
@@ -158,12 +180,21 @@ def pretrain(
     """``steps`` AdamW steps of the MTP loss on ``seqs``; returns the losses.
 
     Each pass visits the sequences in a fresh seeded order, ``batch`` at a time; linear
-    warm-up over 20 steps, then linear decay to 0.
+    warm-up over 20 steps, then linear decay to 0. A step's batch is cut into
+    ``PRETRAIN_SHARDS`` shards whose gradients are summed: in turn in one process, or one
+    shard per rank when a process group of ``PRETRAIN_SHARDS`` ranks is initialised (data
+    parallel, gloo). Both give the same bits: each shard's gradient is computed alike and
+    the sum of two is the same in either order.
     """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world not in (1, PRETRAIN_SHARDS):
+        raise ValueError(f"pretraining runs on 1 or {PRETRAIN_SHARDS} ranks, not {world}")
+    mine = range(PRETRAIN_SHARDS) if world == 1 else [dist.get_rank()]
     rng = Random(seed)
     order = list(range(len(seqs)))
     queue: list[list[int]] = []
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     model.train()
     for step in range(steps):
@@ -172,33 +203,81 @@ def pretrain(
         if not queue:
             rng.shuffle(order)
             queue = [order[i : i + batch] for i in range(0, len(order), batch)][::-1]
-        ids, labels = _padded([seqs[i] for i in queue.pop()], pad_id)
-        h = model.trunk(ids)
-        out = mtp_loss(model, h, None, mtp_targets(labels, model.n_future_tokens))
-        backward_trunk(h, out)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        chosen = [seqs[i] for i in queue.pop()]
+        denom = max(1, sum(_valid_targets(e, model.n_future_tokens) for e in chosen))
+        shards = [chosen[j::PRETRAIN_SHARDS] for j in range(PRETRAIN_SHARDS)]
+        flat = None
+        for j in mine:
+            part = _shard_gradient(model, shards[j], pad_id, denom)
+            flat = part if flat is None else flat + part
+        if world > 1:
+            dist.all_reduce(flat)
+        for p, g in zip(params, flat[:-1].split([p.numel() for p in params]), strict=True):
+            p.grad = g.view_as(p)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(out.loss.item())
+        losses.append(float(flat[-1]))
     return losses
 
 
 def pretrained_state(
-    params: dict[str, Any], vocab_size: int, seed: int, seqs: list[Encoded], steps: int, pad_id: int
+    params: dict[str, Any],
+    vocab_size: int,
+    seed: int,
+    seqs: list[Encoded],
+    steps: int,
+    pad_id: int,
+    lr: float = PRETRAIN_LR,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A new model (init from ``seed``) after :func:`pretrain`; one intra-op thread, so the
-    weights do not depend on the machine's core count or on running in a worker process."""
+    """A new model (init from ``seed``, or the weights ``init``) after :func:`pretrain`;
+    one intra-op thread, so the weights do not depend on the machine's core count or on
+    running in a worker process."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = _new_model(params, vocab_size, seed)
+            if init is not None:
+                model.load_state_dict(init)
             if steps > 0:
-                pretrain(model, seqs, steps, seed, pad_id)
+                pretrain(model, seqs, steps, seed, pad_id, lr=lr)
         return model.state_dict()
     finally:
         torch.set_num_threads(threads)
+
+
+def _pretrained_rank(rank: int, store: str, *args: Any, **kwargs: Any) -> dict | None:
+    """:func:`pretrained_state` as one rank of a gloo group (a worker process); rank 0
+    returns the weights."""
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store, PRETRAIN_SHARDS), rank=rank,
+        world_size=PRETRAIN_SHARDS,
+    )  # fmt: skip
+    try:
+        state = pretrained_state(*args, **kwargs)
+    finally:
+        dist.destroy_process_group()
+    return state if rank == 0 else None
+
+
+def run_pretraining(jobs: int, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """:func:`pretrained_state` in this process (``jobs`` 1), or data parallel over
+    ``PRETRAIN_SHARDS`` worker processes (``jobs`` > 1): the same weights, bit for bit."""
+    if jobs <= 1:
+        return pretrained_state(*args, **kwargs)
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="wmtp-pretrain-") as tmp,
+        ProcessPoolExecutor(PRETRAIN_SHARDS, mp_context=ctx) as pool,
+    ):
+        store = str(Path(tmp) / "store")
+        ranks = [
+            pool.submit(_pretrained_rank, r, store, *args, **kwargs) for r in range(PRETRAIN_SHARDS)
+        ]
+        return [f.result() for f in ranks][0]
 
 
 def _new_model(params: dict[str, Any], vocab_size: int, seed: int) -> MTPTransformer:
@@ -228,17 +307,21 @@ def build_micro_assets(
     pretrain_records: list[Any] | None = None,
     jobs: int = 1,
     build: dict[str, Any] | None = None,
+    reference_records: list[Any] | None = None,
+    reference_steps: int = 0,
 ) -> None:
     """Build the micro tokenizer, policy and reference under ``storage_root/models``.
 
     ``pretrain_records`` (correct solutions of the task distribution, disjoint from the
-    training data): both models pretrain on them in the training template with the
-    training's loss (on the response) — the policy as the paper's policy has seen code of
-    the task, the Rho-1 reference as a model trained on high-quality correct solutions.
-    Without them, both pretrain on the text of ``corpus_files``. ``jobs`` > 1 pretrains the
-    two models in two worker processes at once (same weights as ``jobs=1``). ``build``:
-    the caller's settings, recorded in ``assets.json``; assets built with other settings
-    are rebuilt.
+    training data): the policy pretrains on them in the training template with the
+    training's loss (on the response), as the paper's policy has seen code of the task.
+    Without them, it pretrains on the text of ``corpus_files``. The reference is built as
+    Rho-1 builds its own: the same base model (the policy's next-token part: embeddings,
+    trunk, head 0, norm and output, which is a Llama of ``MICRO_REF_PARAMS``' shape)
+    fine-tuned for ``reference_steps`` on high-quality data, ``reference_records``
+    (``setup``: the training split's correct solutions). ``jobs`` > 1 trains data parallel
+    over two worker processes (the same weights as ``jobs=1``). ``build``: the caller's
+    settings, recorded in ``assets.json``; assets built with other settings are rebuilt.
     """
     root = Path(storage_root)
     if assets_complete(root, build):
@@ -256,30 +339,41 @@ def build_micro_assets(
         tok = Tokenizer(tok_file)
         seqs = record_sequences(pretrain_records, tok) if pretrain_records else None
         seqs = seqs or text_sequences(docs, tok)
-        specs = [(MICRO_MTP_PARAMS, seed), (MICRO_REF_PARAMS, seed + 1)]
-        args = [(p, tok.vocab_size, s, seqs, pretrain_steps, tok.pad_id) for p, s in specs]
-        if jobs > 1 and pretrain_steps > 0:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(jobs, len(args)), mp_context=ctx) as pool:
-                states = list(pool.map(pretrained_state, *zip(*args, strict=True)))
-        else:
-            states = [pretrained_state(*a) for a in args]
-        policy = _new_model(MICRO_MTP_PARAMS, tok.vocab_size, seed)
-        ref = _new_model(MICRO_REF_PARAMS, tok.vocab_size, seed + 1)
-        policy.load_state_dict(states[0])
-        ref.load_state_dict(states[1])
+        ref_seqs = record_sequences(reference_records, tok) if reference_records else seqs
+        vocab, pad = tok.vocab_size, tok.pad_id
+        policy = _new_model(MICRO_MTP_PARAMS, vocab, seed)
+        policy.load_state_dict(
+            run_pretraining(jobs, MICRO_MTP_PARAMS, vocab, seed, seqs, pretrain_steps, pad)
+        )
+        base = {k: v for k, v in policy.state_dict().items() if not k.startswith("extra_heads.")}
+        ref = _new_model(MICRO_REF_PARAMS, vocab, seed)
+        ref.load_state_dict(
+            run_pretraining(
+                jobs,
+                MICRO_REF_PARAMS,
+                vocab,
+                seed,
+                ref_seqs,
+                reference_steps,
+                pad,
+                lr=REFERENCE_LR,
+                init=base,
+            )  # fmt: skip
+        )
         save_meta_dir(policy, mtp_dir)
         export_hf_state_dict(ref.state_dict(), ref.args, ref_dir, tokenizer_file=tok_file)
         info = {
             "recipe": ASSETS_RECIPE,
             "build": build or {},
             "seed": seed,
-            "vocab_size": tok.vocab_size,
+            "vocab_size": vocab,
             "pretrain_steps": pretrain_steps,
+            "reference_steps": reference_steps,
             "corpus_files": len(corpus_files),
             "corpus_documents": len(docs),
             "pretrain_records": len(pretrain_records or []),
             "pretrain_sequences": len(seqs),
+            "reference_sequences": len(ref_seqs),
         }
         (mtp_dir / "assets.json").write_text(json.dumps(info, indent=2) + "\n")
         for src, rel in ((mtp_dir, MICRO_MTP_DIR), (ref_dir, MICRO_REF_DIR)):

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from weighted_mtp.assets import (
     ASSETS_RECIPE,
     MICRO_MTP_DIR,
     MICRO_REF_DIR,
+    MICRO_REF_PARAMS,
     MICRO_VOCAB_SIZE,
     _new_model,
     assets_complete,
@@ -21,6 +23,7 @@ from weighted_mtp.assets import (
     pretrain,
     pretrained_state,
     record_sequences,
+    run_pretraining,
 )
 from weighted_mtp.data.records import Record
 from weighted_mtp.errors import UserError
@@ -29,6 +32,8 @@ from weighted_mtp.models.formats import (
     save_meta_dir,
     save_safetensors,
 )
+from weighted_mtp.models.hf import hf_state_dict
+from weighted_mtp.models.mtp import ModelArgs
 from weighted_mtp.models.reference import load_reference, reference_token_ce
 from weighted_mtp.models.tokenizer import load_tokenizer
 from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
@@ -212,9 +217,10 @@ def test_assets_built_with_other_settings_are_rebuilt(tmp_path: Path):
     assert not assets_complete(tmp_path, {"steps": 5})  # setup rebuilds them
 
 
-def test_pretraining_on_records_learns_responses_in_workers_as_inline(assets: Path):
+def test_pretraining_on_records_learns_responses_data_parallel_as_inline(assets: Path):
     """Pretraining on task records: loss on the responses only (the prompt is context),
-    the same weights in a worker process as inline, and the response loss goes down."""
+    the same bits data parallel over two gloo ranks (worker processes) as inline, and the
+    response loss goes down."""
     tok = load_tokenizer(assets / MICRO_MTP_DIR / "tokenizer")
     lines = (assets / "train.jsonl").read_text().splitlines()[:32]
     seqs = record_sequences([Record(**json.loads(line)) for line in lines], tok)
@@ -223,11 +229,30 @@ def test_pretraining_on_records_learns_responses_in_workers_as_inline(assets: Pa
               "norm_eps": 1e-5, "rope_theta": 10000.0, "n_future_tokens": 2}  # fmt: skip
     args = (params, tok.vocab_size, 0, seqs, 6, tok.pad_id)
     inline = pretrained_state(*args)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        worker = pool.submit(pretrained_state, *args).result()
-    assert all(torch.equal(inline[k], worker[k]) for k in inline)
+    parallel = run_pretraining(2, *args)
+    assert all(torch.equal(inline[k], parallel[k]) for k in inline)
+    assert not all(torch.equal(inline[k], v) for k, v in _new_model(params, tok.vocab_size, 0)
+                   .state_dict().items())  # fmt: skip
     losses = pretrain(_new_model(params, tok.vocab_size, 0), seqs, 30, seed=0, pad_id=tok.pad_id)
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_the_reference_is_the_policy_next_token_part_fine_tuned(assets: Path, tmp_path: Path):
+    """Rho-1's reference: the policy's embeddings, trunk, head 0, norm and output, fine-tuned
+    on the reference records (with 0 steps, exactly the policy's next-token model)."""
+    records = [Record(**json.loads(x)) for x in (assets / "train.jsonl").read_text().splitlines()]
+    for steps in (0, 2):
+        root = tmp_path / f"ref{steps}"
+        root.mkdir()
+        build_micro_assets(
+            root, [_corpus(root)], seed=0, pretrain_steps=2, reference_records=records[:8],
+            reference_steps=steps,
+        )  # fmt: skip
+        policy = load_model(root / MICRO_MTP_DIR)
+        part = {k: v for k, v in policy.state_dict().items() if not k.startswith("extra_heads.")}
+        args = ModelArgs(**MICRO_REF_PARAMS, vocab_size=policy.args.vocab_size)
+        want = hf_state_dict(part, args)
+        ref = load_file(root / MICRO_REF_DIR / "model.safetensors")
+        assert set(ref) == set(want)
+        same = [torch.equal(ref[k], want[k]) for k in ref]
+        assert all(same) if steps == 0 else not any(same)
