@@ -20,7 +20,6 @@ program's source arrives on an inherited file descriptor.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -59,28 +58,33 @@ class ExecResult:
     truncated: bool = False
 
 
+# The child's whole start-up: no import beyond what the guard needs (``json`` and the
+# ``re`` it pulls in cost as much as the interpreter's own start), so the configuration
+# arrives as plain words: argv[1] = "FD GUARDS VIOLATION_EXIT MEMORY_EXIT", argv[2] =
+# "RLIMIT_X=SOFT,HARD ...", argv[3] = the guard's source.
 _BOOTSTRAP = """\
-import json, os, resource, sys
-_cfg = json.loads(sys.argv[1])
-for _name, (_soft, _hard) in _cfg["rlimits"].items():
-    resource.setrlimit(getattr(resource, _name), (_soft, _hard))
-with os.fdopen(_cfg["fd"], encoding="utf-8", errors="replace") as _f:
+import os, resource, sys
+_fd, _guards, _violation, _memory = map(int, sys.argv[1].split())
+for _item in sys.argv[2].split():
+    _name, _, _pair = _item.partition("=")
+    resource.setrlimit(getattr(resource, _name), tuple(map(int, _pair.split(","))))
+_guard_source = sys.argv[3]
+with os.fdopen(_fd, encoding="utf-8", errors="replace") as _f:
     _src = _f.read()
 sys.argv = ["solution.py"]
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-import linecache
-linecache.cache["solution.py"] = (len(_src), None, _src.splitlines(True), "solution.py")
 _code = compile(_src, "solution.py", "exec")
-if _cfg["guards"]:
+if _guards:
     _guard = {"__name__": "sandbox_guard"}
-    exec(compile(_cfg["guard_source"], "<sandbox guard>", "exec"), _guard)
-    _guard["install"](_cfg["violation_exit"])
+    exec(compile(_guard_source, "<sandbox guard>", "exec"), _guard)
+    _guard["install"](_violation)
     del _guard
+del _guard_source
 try:
     exec(_code, {"__name__": "__main__", "__file__": "solution.py", "__builtins__": __builtins__})
 except MemoryError:
     os.write(2, b"MemoryError\\n")
-    os._exit(_cfg["memory_exit"])
+    os._exit(_memory)
 """
 
 
@@ -154,18 +158,20 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
             open(files["stderr"], "wb") as ferr,
             open(files["source"], "rb") as fsrc,
         ):
-            cfg = {"fd": fsrc.fileno(), "guards": limits.guards, "guard_source": GUARD_SOURCE}
-            cfg |= {"violation_exit": VIOLATION_EXIT, "memory_exit": MEMORY_EXIT}
             launch = iso.launch([python, "-s", "-B", "-c", _BOOTSTRAP], base, limits.disk_mb << 20)
-            cfg["rlimits"] = limits.rlimits(launch.nproc)
+            words = f"{fsrc.fileno()} {int(limits.guards)} {VIOLATION_EXIT} {MEMORY_EXIT}"
+            rlimits = " ".join(
+                f"{name}={soft},{hard}"
+                for name, (soft, hard) in limits.rlimits(launch.nproc).items()
+            )
             user: dict[str, object] = {}
             if launch.user is not None:
                 user = {"user": launch.user, "group": launch.user, "extra_groups": []}
             start = time.monotonic()
             try:
                 proc = subprocess.Popen(
-                    [*launch.argv, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr,
-                    cwd=launch.cwd, env=launch.env, close_fds=True,
+                    [*launch.argv, words, rlimits, GUARD_SOURCE], stdin=fin, stdout=fout,
+                    stderr=ferr, cwd=launch.cwd, env=launch.env, close_fds=True,
                     pass_fds=(fsrc.fileno(), *launch.pass_fds), start_new_session=True, **user,
                 )  # fmt: skip
             except BaseException:
