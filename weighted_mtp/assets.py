@@ -139,16 +139,18 @@ def record_sequences(records: list[Any], tok: Tokenizer, max_length: int = 512) 
     return [encode_record(r, tok, max_length) for r in records]
 
 
-def _padded(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids [B, S] and labels (-100 on prompt and padding). Right padding needs
-    no attention mask under causal attention."""
+def _padded(seqs: list[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids [B, S], labels (-100 on prompt and padding) and the attention mask
+    (which lets the blocks skip the padding, see ``AttnContext.rows``)."""
     width = max(len(e.ids) for e in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE_INDEX)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
     for i, e in enumerate(seqs):
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         labels[i, e.prompt_len : len(e.ids)] = ids[i, e.prompt_len : len(e.ids)]
-    return ids, labels
+        mask[i, : len(e.ids)] = True
+    return ids, labels, mask
 
 
 def _valid_targets(e: Encoded, n: int) -> int:
@@ -159,9 +161,9 @@ def _valid_targets(e: Encoded, n: int) -> int:
 def _shard_gradient(model: MTPTransformer, seqs: list[Encoded], pad_id: int, denom: int):
     """Flat gradient of these sequences' share of the step loss (``denom``: the step's
     labelled targets), with the share itself appended; leaves no gradient behind."""
-    ids, labels = _padded(seqs, pad_id)
-    h = model.trunk(ids)
-    out = mtp_loss(model, h, None, mtp_targets(labels, model.n_future_tokens), denominator=denom)
+    ids, labels, mask = _padded(seqs, pad_id)
+    h = model.trunk(ids, mask)
+    out = mtp_loss(model, h, mask, mtp_targets(labels, model.n_future_tokens), denominator=denom)
     backward_trunk(h, out)
     flat = [p.grad.reshape(-1) for p in model.parameters()] + [out.loss.detach().reshape(1)]
     model.zero_grad(set_to_none=True)

@@ -107,6 +107,38 @@ def test_padding_masks():
     torch.testing.assert_close(out[1], alone_b, atol=1e-5, rtol=1e-5)
 
 
+def test_right_padding_is_skipped_with_the_same_values_and_gradients():
+    """A right-padded batch's blocks project only the real tokens (``ctx.rows``); the
+    MTP loss and its gradients equal those of each sequence alone."""
+    from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
+
+    m = _model()
+    g = torch.Generator().manual_seed(2)
+    lens = [7, 12, 3]
+    ids = torch.zeros(3, 12, dtype=torch.long)
+    mask = torch.arange(12) < torch.tensor(lens)[:, None]
+    for i, n in enumerate(lens):
+        ids[i, :n] = torch.randint(3, 61, (n,), generator=g)
+    ctx = m.context(12, ids.device, mask)
+    assert ctx.mask is None and ctx.rows is not None and len(ctx.rows) == sum(lens)
+    assert m.context(12, ids.device, torch.ones_like(mask)).rows is None  # nothing to skip
+    targets = mtp_targets(ids.masked_fill(~mask, -100), m.n_future_tokens)
+    h = m.trunk(ids, mask)
+    out = mtp_loss(m, h, mask, targets)
+    backward_trunk(h, out)
+    batched = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    total = torch.zeros(())
+    for i, n in enumerate(lens):
+        hi = m.trunk(ids[i : i + 1, :n])
+        oi = mtp_loss(m, hi, None, targets[i : i + 1, :n], denominator=out.n_valid)
+        backward_trunk(hi, oi)
+        total += oi.loss
+    torch.testing.assert_close(out.loss, total, atol=1e-6, rtol=1e-5)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, batched[n], atol=1e-6, rtol=1e-4)
+
+
 def test_activation_checkpointing_same_grads():
     m = _model()
     ids = torch.randint(0, 61, (2, 9))

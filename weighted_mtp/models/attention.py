@@ -19,12 +19,20 @@ class AttnContext:
     cos, sin: [S, head_dim/2] fp32 for the S new positions. mask: None (plain causal, via
     ``is_causal``) or a bool [B,1,S,kv_len] (True = may attend). start_pos: absolute
     position of the first new token (0 without a cache).
+
+    rows: for a right-padded batch without a cache, the flat indices (into B*S) of its real
+    tokens, with their rotary tables ``rows_cos`` / ``rows_sin`` [N, head_dim/2]: blocks
+    then run every projection on the real tokens only and pad them just for the attention
+    product (``unpadded``), which computes the same values at every real token.
     """
 
     cos: Tensor
     sin: Tensor
     mask: Tensor | None
     start_pos: int = 0
+    rows: Tensor | None = None
+    rows_cos: Tensor | None = None
+    rows_sin: Tensor | None = None
 
 
 def rope_tables(
@@ -56,7 +64,8 @@ def build_context(
     """Causal + padding mask for queries start_pos..start_pos+seq_len-1 over kv_len keys.
 
     With right padding and no cache the causal mask alone is exact at every real token
-    (real tokens come first), so the fast ``is_causal`` path is used. Otherwise padded keys
+    (real tokens come first), so the fast ``is_causal`` path is used, and the blocks skip
+    the padding in their projections (``AttnContext.rows``). Otherwise padded keys
     are masked explicitly; each query may always attend to itself, so rows of padding never
     become all -inf (NaN) — their outputs are garbage and must be masked out of losses.
     attention_mask: [B, kv_len] (or [B, seq_len] without a cache), 1 = token, 0 = padding.
@@ -67,7 +76,11 @@ def build_context(
         and kv_len == seq_len
         and (attention_mask is None or is_right_padded(attention_mask))
     ):
-        return AttnContext(cos, sin, None, start_pos)
+        if attention_mask is None or bool(attention_mask.all()):
+            return AttnContext(cos, sin, None, start_pos)
+        rows = attention_mask.reshape(-1).nonzero().squeeze(1)
+        pos = rows % seq_len
+        return AttnContext(cos, sin, None, start_pos, rows, cos[pos], sin[pos])
     device = cos.device
     q_pos = torch.arange(start_pos, start_pos + seq_len, device=device)[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]

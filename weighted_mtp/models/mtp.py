@@ -115,7 +115,8 @@ class RMSNorm(nn.Module):
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Meta's rotary embedding on interleaved pairs (x0, x1), (x2, x3), ...
 
-    x: [B, H, S, hd]; cos, sin: [S, hd/2] (fp32). Computed in fp32, cast back.
+    x: [B, H, S, hd] with cos, sin [S, hd/2], or the unpadded [N, H, hd] with [N, 1, hd/2]
+    (fp32). Computed in fp32, cast back.
     """
     xf = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
@@ -143,14 +144,37 @@ class Attention(nn.Module):
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if cache is not None:
             k, v = cache.update(k, v, ctx.start_pos)
+        out = self._attend(q, k, v, ctx.mask, s)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def unpadded(self, x: Tensor, ctx: AttnContext, b: int, s: int) -> Tensor:
+        """The same on the real tokens only: x [N, D] (the ``ctx.rows`` of a right-padded
+        [B, S] batch) -> [N, D]; only the attention product sees the padded layout."""
+        assert ctx.rows is not None and ctx.rows_cos is not None and ctx.rows_sin is not None
+        n, rows = x.shape[0], ctx.rows
+        cos, sin = ctx.rows_cos[:, None], ctx.rows_sin[:, None]  # [N, 1, hd/2]
+
+        def padded(t: Tensor, heads: int, rope: bool) -> Tensor:
+            t = t.view(n, heads, self.head_dim)
+            if rope:
+                t = apply_rope(t, cos, sin)
+            full = t.new_zeros(b * s, heads, self.head_dim).index_copy(0, rows, t)
+            return full.view(b, s, heads, self.head_dim).transpose(1, 2)
+
+        q = padded(self.wq(x), self.n_heads, True)
+        k = padded(self.wk(x), self.n_kv_heads, True)
+        v = padded(self.wv(x), self.n_kv_heads, False)
+        out = self._attend(q, k, v, None, s).transpose(1, 2).reshape(b * s, -1)
+        return self.wo(out.index_select(0, rows))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, s: int) -> Tensor:
         rep = self.n_heads // self.n_kv_heads
         if rep > 1:  # same order as Meta's / HF's repeat_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=ctx.mask is None and s > 1
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and s > 1
         )
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class FeedForward(nn.Module):
@@ -177,6 +201,13 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None = None) -> Tensor:
+        if ctx.rows is not None and cache is None:  # right padding: skip it (same values)
+            b, s, d = x.shape
+            flat = x.reshape(b * s, d)
+            r = flat.index_select(0, ctx.rows)
+            h = r + self.attention.unpadded(self.attention_norm(r), ctx, b, s)
+            h = h + self.feed_forward(self.ffn_norm(h))
+            return flat.index_copy(0, ctx.rows, h).view(b, s, d)
         h = x + self.attention(self.attention_norm(x), ctx, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
