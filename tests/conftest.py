@@ -99,7 +99,8 @@ def micro_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root, done = shared / "micro-storage", shared / "micro-storage.done"
     with _exclusive(shared / "micro-storage.lock"):
         if not done.exists():
-            setup(root, pretrain_problems=200, pretrain_steps=40)  # a model, not a good one
+            # models, not good ones (test_evaluate's demo passes the same budget)
+            setup(root, pretrain_problems=200, pretrain_steps=40, reference_steps=10)
             done.touch()
     return root
 

@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp.setup_assets import PRETRAIN_PROBLEMS, PRETRAIN_STEPS, REFERENCE_STEPS
+
 POLICY_STAGES = ("verifiable", "baseline", "rho1")
 ORDER = ("critic", "verifiable", "baseline", "rho1")
 
@@ -60,8 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="setup's (default 1000)")
-    p.add_argument("--pretrain-problems", type=int, default=None, help="setup's (default 8000)")
+    p.add_argument(
+        "--pretrain-steps", type=int, default=None, help=f"setup's (default {PRETRAIN_STEPS})"
+    )
+    p.add_argument(
+        "--reference-steps", type=int, default=None, help=f"setup's (default {REFERENCE_STEPS})"
+    )
+    p.add_argument(
+        "--pretrain-problems",
+        type=int,
+        default=None,
+        help=f"setup's (default {PRETRAIN_PROBLEMS})",
+    )
     p.add_argument(
         "--seeds",
         type=int,
@@ -129,7 +141,8 @@ def train_stage(args: argparse.Namespace, stage: str, run_dir: Path, seed: int) 
 def evaluate_stage(
     args: argparse.Namespace, stage: str, ckpt: str, run_dir: Path, seed: int
 ) -> dict:
-    """Greedy pass@1, and sampled pass@1 / pass@n, on the held-out split."""
+    """Greedy pass@1, and sampled pass@1 / pass@n, on the held-out split (a program that
+    both produce is executed once)."""
     from weighted_mtp.evaluation.config import EvalConfig
     from weighted_mtp.evaluation.evaluate import evaluate
 
@@ -141,7 +154,10 @@ def evaluate_stage(
         limit=args.limit,
         seed=seed,
     )
-    greedy = evaluate(EvalConfig(out_dir=str(run_dir / "eval" / stage / "greedy"), **common))
+    scored: dict = {}
+    greedy = evaluate(
+        EvalConfig(out_dir=str(run_dir / "eval" / stage / "greedy"), **common), scored
+    )
     sampled = evaluate(
         EvalConfig(
             out_dir=str(run_dir / "eval" / stage / "sampled"),
@@ -150,7 +166,8 @@ def evaluate_stage(
             temperature=args.temperature,
             top_p=args.top_p,
             **common,
-        )
+        ),
+        scored,
     )
     return {
         "greedy_pass@1": greedy["pass@1"],
@@ -340,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out or args.storage / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"demo: run dir {run_dir}", flush=True)
-    pre = {"pretrain_steps": args.pretrain_steps, "pretrain_problems": args.pretrain_problems}
+    pre = {
+        "pretrain_steps": args.pretrain_steps,
+        "pretrain_problems": args.pretrain_problems,
+        "reference_steps": args.reference_steps,
+    }
     setup(args.storage, jobs=args.jobs, **{k: v for k, v in pre.items() if v is not None})
     setup_s = time.perf_counter() - t_start
     print(f"setup done in {setup_s:.0f} s", flush=True)

@@ -15,6 +15,7 @@ from weighted_mtp.data.curriculum import DEFAULT_DIFFICULTY_BINS
 from weighted_mtp.data.records import Record, read_records
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation import evaluate as ev
+from weighted_mtp.evaluation import problems as problems_mod
 from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
 from weighted_mtp.evaluation.problems import Problem, score_all
 from weighted_mtp.sandbox.limits import Limits
@@ -111,7 +112,7 @@ def test_scoring_path_runs_reference_solutions(
             assert r["samples"][0]["n_passed"] < r["samples"][0]["n_tests"]
 
 
-def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
+def test_humaneval_problem_scored_by_its_check(tmp_path: Path, monkeypatch):
     rec = Record(
         instruction="Complete the function.",
         input="def add(a, b):\n",
@@ -136,6 +137,15 @@ def test_humaneval_problem_scored_by_its_check(tmp_path: Path):
     row = ev.problem_row(problem, ["a", "b"], checks[0], [1, 2])
     assert row["pass@1"] == 0.5 and row["pass@2"] == 1.0
     assert ev.summarize([row], [1], DEFAULT_DIFFICULTY_BINS)["unbinned"] == 1  # difficulty 0
+    # results carried over between evaluations: a program already run is not run again
+    scored: dict = {}
+    score_all([problem], [["    return a + b\n"]], limits, 2, scored)
+    runs = []
+    real = problems_mod.score_program
+    monkeypatch.setattr(problems_mod, "score_program", lambda *a: runs.append(a[1]) or real(*a))
+    again = score_all([problem], [["    return a + b\n", "    return b + a\n"]], limits, 2, scored)
+    assert [c.passed for c in again[0]] == [True, True] and runs == ["    return b + a\n"]
+    assert sorted(p for _, p in scored) == ["    return a + b\n", "    return b + a\n"]
 
 
 def test_integer_bins_put_edges_in_their_bin():
@@ -198,7 +208,7 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
     argv += ["--epochs", "1", "--critic-epochs", "1", "--batch-size", "4", "--val-samples", "16"]
     argv += ["--evals-per-epoch", "2", "--eval-samples", "2", "--limit", "2"]
     argv += ["--max-new-tokens", "8", "--jobs", "2"]  # two worker processes
-    argv += ["--pretrain-problems", "200", "--pretrain-steps", "40"]  # as micro_storage was built
+    argv += ["--pretrain-problems", "200", "--pretrain-steps", "40", "--reference-steps", "10"]
     assert demo.main(argv) == 0
     md = (out / "results.md").read_text()
     for stage in ("critic", "verifiable", "baseline", "rho1"):

@@ -157,8 +157,12 @@ def metrics_of(summary: dict[str, Any], ks: list[int]) -> dict[str, float]:
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run one evaluation (see the module docstring); returns the summary."""
+def evaluate(
+    cfg: EvalConfig, scored: dict[tuple[str, str], CheckResult] | None = None
+) -> dict[str, Any]:
+    """Run one evaluation (see the module docstring); returns the summary. ``scored``:
+    results of programs already run against this data's problems with these limits
+    (:func:`~weighted_mtp.evaluation.problems.score_all`), shared by evaluations in turn."""
     from weighted_mtp.tracking import create_tracker
 
     cfg.check()
@@ -197,7 +201,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             )
         problems, programs = [p for p, _ in kept], [progs for _, progs in kept]
         t0 = time.perf_counter()
-        checks = score_all(problems, programs, cfg.limits(), cfg.concurrency)
+        checks = score_all(problems, programs, cfg.limits(), cfg.concurrency, scored)
         exec_seconds = time.perf_counter() - t0
         rows = [
             problem_row(p, progs, chk, cfg.ks)

@@ -67,16 +67,27 @@ def score_program(problem: Problem, program: str, limits: Limits) -> CheckResult
 
 
 def score_all(
-    problems: list[Problem], programs: list[list[str]], limits: Limits, concurrency: int
+    problems: list[Problem],
+    programs: list[list[str]],
+    limits: Limits,
+    concurrency: int,
+    scored: dict[tuple[str, str], CheckResult] | None = None,
 ) -> list[list[CheckResult]]:
-    """Score every sample; a program repeated within a problem is executed once."""
-    unique: dict[tuple[int, str], int] = {}
+    """Score every sample; a program repeated within a problem is executed once.
+
+    ``scored`` (problem id, program) -> result carries results over between evaluations of
+    the same data with the same limits (e.g. greedy, then sampled): a program already run
+    against the problem's tests is not run again; new results are added to it.
+    """
+    scored = {} if scored is None else scored
+    todo: dict[tuple[str, str], int] = {}
     jobs = []
-    for i, progs in enumerate(programs):
+    for problem, progs in zip(problems, programs, strict=True):
         for prog in progs:
-            if (i, prog) not in unique:
-                unique[(i, prog)] = len(jobs)
-                jobs.append(functools.partial(score_program, problems[i], prog, limits))
+            key = (problem.problem_id, prog)
+            if key not in scored and key not in todo:
+                todo[key] = len(jobs)
+                jobs.append(functools.partial(score_program, problem, prog, limits))
     bar = Progress(len(jobs), "execute", "programs")
 
     def tick(job):
@@ -89,4 +100,6 @@ def score_all(
 
     results = run_many([tick(j) for j in jobs], max_workers=concurrency)
     bar.close()
-    return [[results[unique[(i, p)]] for p in progs] for i, progs in enumerate(programs)]
+    scored.update((key, results[j]) for key, j in todo.items())
+    pairs = zip(problems, programs, strict=True)
+    return [[scored[(pr.problem_id, p)] for p in progs] for pr, progs in pairs]
