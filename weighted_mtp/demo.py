@@ -46,7 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (policy stages)")
-    p.add_argument("--critic-lr", type=float, default=1e-3, help="learning rate (critic)")
+    p.add_argument("--critic-lr", type=float, default=2e-3, help="learning rate (critic)")
+    p.add_argument("--critic-batch-size", type=int, default=16, help="batch size (critic)")
+    p.add_argument(
+        "--critic-evals", type=int, default=10, help="validation points over the critic's run"
+    )
     p.add_argument(
         "--critic-trunk-cache-mb",
         type=float,
@@ -62,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="first N test problems only")
+    p.add_argument(
+        "--concurrency", type=int, default=4, help="programs executed at once per evaluation"
+    )
     p.add_argument(
         "--pretrain-steps", type=int, default=None, help=f"setup's (default {PRETRAIN_STEPS})"
     )
@@ -106,12 +113,13 @@ def stage_overrides(
         f"dataset.validation={data / 'valid.jsonl'}",
         f"data_sampling.n_samples={args.n_samples}",
         f"training.n_epochs={args.critic_epochs if critic else args.epochs}",
-        f"training.batch_size={args.batch_size}",
+        f"training.batch_size={args.critic_batch_size if critic else args.batch_size}",
         "training.gradient_accumulation_steps=1",
         "training.warmup_ratio=0.05",
         f"training.eval_samples={args.val_samples}",
         f"checkpoint.save_dir={run_dir / 'checkpoints' / stage}",
-        f"checkpoint.save_checkpoint_every={1 / args.evals_per_epoch}",
+        "checkpoint.save_checkpoint_every="
+        + str(args.critic_epochs / args.critic_evals if critic else 1 / args.evals_per_epoch),
         "checkpoint.save_total_limit=1",
         "runtime.device=cpu",
     ]
@@ -153,6 +161,7 @@ def evaluate_stage(
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         seed=seed,
+        concurrency=args.concurrency,
     )
     scored: dict = {}
     greedy = evaluate(

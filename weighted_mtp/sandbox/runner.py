@@ -21,6 +21,7 @@ program's source arrives on an inherited file descriptor.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -89,7 +90,17 @@ except MemoryError:
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait until ``pid`` exits without reaping it; False on timeout."""
+    """Wait until ``pid`` exits without reaping it; False on timeout. A pidfd turns readable
+    the moment it exits; without pidfds (old kernels), poll with a growing delay."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            return bool(select.select([pidfd], [], [], timeout)[0])
+        finally:
+            os.close(pidfd)
     deadline = time.monotonic() + timeout
     delay = 0.001
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
