@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--concurrency", type=int, default=4, help="programs executed at once per evaluation"
     )
+    p.add_argument("--gen-batch-size", type=int, default=64, help="prompts per generation batch")
     p.add_argument(
         "--pretrain-steps", type=int, default=None, help=f"setup's (default {PRETRAIN_STEPS})"
     )
@@ -162,6 +163,7 @@ def evaluate_stage(
         limit=args.limit,
         seed=seed,
         concurrency=args.concurrency,
+        batch_size=args.gen_batch_size,
     )
     scored: dict = {}
     greedy = evaluate(
