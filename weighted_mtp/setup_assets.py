@@ -17,7 +17,7 @@ from pathlib import Path
 
 HELP = "create the micro models, tokenizer and synthetic data (offline, idempotent)"
 PRETRAIN_PROBLEMS = 8000  # problems in the disjoint pretraining corpus
-PRETRAIN_STEPS = 1000  # AdamW steps (16 records each) of the micro policy on it
+PRETRAIN_STEPS = 950  # AdamW steps (16 records each) of the micro policy on it
 REFERENCE_STEPS = 100  # fine-tuning steps (16 records each) of the reference
 
 
