@@ -251,7 +251,7 @@ def pretrained_state(
         torch.set_num_threads(threads)
 
 
-def _pretrained_rank(rank: int, store: str, *args: Any, **kwargs: Any) -> dict | None:
+def _pretrained_rank(rank: int, store: str, *args: Any) -> dict | None:
     """:func:`pretrained_state` as one rank of a gloo group (a worker process); rank 0
     returns the weights."""
     dist.init_process_group(
@@ -259,26 +259,36 @@ def _pretrained_rank(rank: int, store: str, *args: Any, **kwargs: Any) -> dict |
         world_size=PRETRAIN_SHARDS,
     )  # fmt: skip
     try:
-        state = pretrained_state(*args, **kwargs)
+        state = pretrained_state(*args)
     finally:
         dist.destroy_process_group()
     return state if rank == 0 else None
 
 
-def run_pretraining(jobs: int, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-    """:func:`pretrained_state` in this process (``jobs`` 1), or data parallel over
-    ``PRETRAIN_SHARDS`` worker processes (``jobs`` > 1): the same weights, bit for bit."""
-    if jobs <= 1:
-        return pretrained_state(*args, **kwargs)
+def run_pretraining(
+    jobs: int,
+    params: dict[str, Any],
+    vocab_size: int,
+    seed: int,
+    seqs: list[Encoded],
+    steps: int,
+    pad_id: int,
+    lr: float = PRETRAIN_LR,
+    init: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`pretrained_state` in this process (``jobs`` 1, or no step to take), or data
+    parallel over ``PRETRAIN_SHARDS`` worker processes (``jobs`` > 1): the same weights,
+    bit for bit."""
+    args = (params, vocab_size, seed, seqs, steps, pad_id, lr, init)
+    if jobs <= 1 or steps == 0:
+        return pretrained_state(*args)
     ctx = multiprocessing.get_context("spawn")
     with (
         tempfile.TemporaryDirectory(prefix="wmtp-pretrain-") as tmp,
         ProcessPoolExecutor(PRETRAIN_SHARDS, mp_context=ctx) as pool,
     ):
         store = str(Path(tmp) / "store")
-        ranks = [
-            pool.submit(_pretrained_rank, r, store, *args, **kwargs) for r in range(PRETRAIN_SHARDS)
-        ]
+        ranks = [pool.submit(_pretrained_rank, r, store, *args) for r in range(PRETRAIN_SHARDS)]
         return [f.result() for f in ranks][0]
 
 

@@ -112,7 +112,7 @@ def install(violation_exit: int) -> None:
 
     class ShutilFinder:
         """Guards ``shutil`` when the program imports it: importing it here would pull
-        in ``fnmatch`` and ``re``, half the cost of every sandboxed run."""
+        in ``fnmatch`` and ``re``, a fifth of every sandboxed program's start-up."""
 
         @staticmethod
         def find_spec(name, path=None, target=None):
