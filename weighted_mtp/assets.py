@@ -232,10 +232,22 @@ def pretrained_state(
     pad_id: int,
     lr: float = PRETRAIN_LR,
     init: dict[str, torch.Tensor] | None = None,
+    jobs: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """A new model (init from ``seed``, or the weights ``init``) after :func:`pretrain`;
-    one intra-op thread, so the weights do not depend on the machine's core count or on
-    running in a worker process."""
+    """A new model (init from ``seed``, or the weights ``init``) after :func:`pretrain`, in
+    this process, or (``jobs`` > 1) data parallel over ``PRETRAIN_SHARDS`` worker
+    processes: the same weights, bit for bit. One intra-op thread, so the weights do not
+    depend on the machine's core count or on where they were trained."""
+    args = (params, vocab_size, seed, seqs, steps, pad_id, lr, init)
+    if jobs > 1 and steps > 0:
+        ctx = multiprocessing.get_context("spawn")
+        with (
+            tempfile.TemporaryDirectory(prefix="wmtp-pretrain-") as tmp,
+            ProcessPoolExecutor(PRETRAIN_SHARDS, mp_context=ctx) as pool,
+        ):
+            store = str(Path(tmp) / "store")
+            ranks = [pool.submit(_pretrained_rank, r, store, *args) for r in range(PRETRAIN_SHARDS)]
+            return [f.result() for f in ranks][0]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -263,33 +275,6 @@ def _pretrained_rank(rank: int, store: str, *args: Any) -> dict | None:
     finally:
         dist.destroy_process_group()
     return state if rank == 0 else None
-
-
-def run_pretraining(
-    jobs: int,
-    params: dict[str, Any],
-    vocab_size: int,
-    seed: int,
-    seqs: list[Encoded],
-    steps: int,
-    pad_id: int,
-    lr: float = PRETRAIN_LR,
-    init: dict[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """:func:`pretrained_state` in this process (``jobs`` 1, or no step to take), or data
-    parallel over ``PRETRAIN_SHARDS`` worker processes (``jobs`` > 1): the same weights,
-    bit for bit."""
-    args = (params, vocab_size, seed, seqs, steps, pad_id, lr, init)
-    if jobs <= 1 or steps == 0:
-        return pretrained_state(*args)
-    ctx = multiprocessing.get_context("spawn")
-    with (
-        tempfile.TemporaryDirectory(prefix="wmtp-pretrain-") as tmp,
-        ProcessPoolExecutor(PRETRAIN_SHARDS, mp_context=ctx) as pool,
-    ):
-        store = str(Path(tmp) / "store")
-        ranks = [pool.submit(_pretrained_rank, r, store, *args) for r in range(PRETRAIN_SHARDS)]
-        return [f.result() for f in ranks][0]
 
 
 def _new_model(params: dict[str, Any], vocab_size: int, seed: int) -> MTPTransformer:
@@ -355,13 +340,12 @@ def build_micro_assets(
         vocab, pad = tok.vocab_size, tok.pad_id
         policy = _new_model(MICRO_MTP_PARAMS, vocab, seed)
         policy.load_state_dict(
-            run_pretraining(jobs, MICRO_MTP_PARAMS, vocab, seed, seqs, pretrain_steps, pad)
+            pretrained_state(MICRO_MTP_PARAMS, vocab, seed, seqs, pretrain_steps, pad, jobs=jobs)
         )
         base = {k: v for k, v in policy.state_dict().items() if not k.startswith("extra_heads.")}
         ref = _new_model(MICRO_REF_PARAMS, vocab, seed)
         ref.load_state_dict(
-            run_pretraining(
-                jobs,
+            pretrained_state(
                 MICRO_REF_PARAMS,
                 vocab,
                 seed,
@@ -370,6 +354,7 @@ def build_micro_assets(
                 pad,
                 lr=REFERENCE_LR,
                 init=base,
+                jobs=jobs,
             )  # fmt: skip
         )
         save_meta_dir(policy, mtp_dir)

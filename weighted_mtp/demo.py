@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp.setup_assets import PRETRAIN_PROBLEMS, PRETRAIN_STEPS, REFERENCE_STEPS
+from weighted_mtp.setup_assets import PRETRAIN_PROBLEMS, PRETRAIN_STEPS, REFERENCE_STEPS, setup
 
 POLICY_STAGES = ("verifiable", "baseline", "rho1")
 ORDER = ("critic", "verifiable", "baseline", "rho1")
@@ -360,8 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     import torch
-
-    from weighted_mtp.setup_assets import setup
 
     torch.set_num_threads(args.threads)
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]

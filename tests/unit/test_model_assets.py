@@ -23,7 +23,6 @@ from weighted_mtp.assets import (
     pretrain,
     pretrained_state,
     record_sequences,
-    run_pretraining,
 )
 from weighted_mtp.data.records import Record
 from weighted_mtp.errors import UserError
@@ -229,7 +228,7 @@ def test_pretraining_on_records_learns_responses_data_parallel_as_inline(assets:
               "norm_eps": 1e-5, "rope_theta": 10000.0, "n_future_tokens": 2}  # fmt: skip
     args = (params, tok.vocab_size, 0, seqs, 6, tok.pad_id)
     inline = pretrained_state(*args)
-    parallel = run_pretraining(2, *args)
+    parallel = pretrained_state(*args, jobs=2)
     assert all(torch.equal(inline[k], parallel[k]) for k in inline)
     assert not all(torch.equal(inline[k], v) for k, v in _new_model(params, tok.vocab_size, 0)
                    .state_dict().items())  # fmt: skip

@@ -30,15 +30,6 @@ class TrunkCache:
         self.rows: dict[bytes, Tensor] = {}
         self.hits = self.misses = 0  # sequences served from the cache / by a forward
 
-    def _keys(self, input_ids: Tensor, attention_mask: Tensor | None) -> list[bytes]:
-        ids = input_ids.cpu()
-        lengths = (
-            attention_mask.sum(1).tolist()
-            if attention_mask is not None
-            else [ids.shape[1]] * len(ids)
-        )
-        return [ids[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
-
     @torch.no_grad()
     def trunk(
         self, model: MTPTransformer, input_ids: Tensor, attention_mask: Tensor | None
@@ -46,8 +37,10 @@ class TrunkCache:
         """``model.trunk(input_ids, attention_mask)`` [B,S,D]: cached rows from host memory,
         the others from one forward over just them (stored while the budget lasts).
         Padding positions carry no meaning (losses mask them out)."""
-        keys = self._keys(input_ids, attention_mask)
-        lengths = [len(k) // input_ids.element_size() for k in keys]
+        b, s = input_ids.shape
+        lengths = attention_mask.sum(1).tolist() if attention_mask is not None else [s] * b
+        ids = input_ids.cpu()
+        keys = [ids[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
         miss = [i for i, k in enumerate(keys) if k not in self.rows]
         self.hits += len(keys) - len(miss)
         self.misses += len(miss)
@@ -56,7 +49,7 @@ class TrunkCache:
             width = max(lengths[i] for i in miss)
             mask = attention_mask[miss, :width] if attention_mask is not None else None
             h = model.trunk(input_ids[miss, :width], mask)
-            if len(miss) == len(keys) and width == input_ids.shape[1]:
+            if len(miss) == b and width == s:
                 self._store(keys, lengths, h)
                 return h
             for j, i in enumerate(miss):
@@ -66,7 +59,6 @@ class TrunkCache:
             fresh[i] if i in fresh else self.rows[k].to(input_ids.device)
             for i, k in enumerate(keys)
         ]
-        b, s = input_ids.shape
         out = rows[0].new_zeros(b, s, rows[0].shape[-1])
         for i, row in enumerate(rows):
             out[i, : len(row)] = row
