@@ -10,7 +10,14 @@ held-out problems that every run evaluated:
 - the paired difference to the baseline stage with its interval (same resampled
   problems and seeds for both stages);
 - validation CE per head (``val/head{k}_ce`` at the end of training): mean and spread
-  (min..max) over seeds.
+  (min..max) over seeds;
+- the **weighting effect** of every stage ``S`` that has a control row ``S_control``
+  (``verifiable_control``, ``rho1_control``: the same stage with only the weighting
+  changed): ``S - S_control``, paired over problems and seeds, with its interval
+  (``weighting_effect`` in compare.json);
+- the MTP heads' self-speculative decoding on the greedy evaluation's prompts, where it was
+  measured (``speculative_drafts``): acceptance, tokens per forward (95% interval over
+  problems) and the share of outputs identical to greedy (``speculative`` in compare.json).
 
 Writes ``compare.md`` (the table), ``compare.json`` and ``compare.png`` into ``--out``
 (default ``<first dir>/compare``) and, with ``--mlflow-uri`` (default
@@ -29,6 +36,9 @@ import numpy as np
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation.bootstrap import Interval, intervals
+from weighted_mtp.evaluation.spec_summary import speculative_table
+
+CONTROL_SUFFIX = "_control"  # stage S's control row is S + CONTROL_SUFFIX
 
 HELP = "compare stages over seeds: pass@k with 95-percent bootstrap intervals, paired to baseline"
 
@@ -149,7 +159,29 @@ def compare(run_dirs: list[Path], baseline: str, n_boot: int) -> dict[str, Any]:
             result["stages"][s]["diff_to_baseline"][name] = vars(d)
     for s in stages:
         result["stages"][s]["val_head_ce"] = head_ce(runs, s)
+    result["weighting_effect"] = weighting_effects(metrics, stages, n_boot)
+    greedy = {s: [r[s]["greedy"][p] for r in runs for p in problems] for s in stages}
+    result["speculative"] = speculative_table(greedy, n_boot)
     return result
+
+
+def weighting_effects(
+    metrics: dict[str, np.ndarray], stages: list[str], n_boot: int
+) -> dict[str, dict[str, Any]]:
+    """{stage: {"control": name, "metrics": {metric: interval}}}: stage - its control row,
+    paired (the same resampled problems and seeds for both), for every stage whose control
+    was evaluated."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in stages:
+        control = s + CONTROL_SUFFIX
+        if control not in stages:
+            continue
+        pair = [stages.index(control), stages.index(s)]
+        out[s] = {"control": control, "metrics": {}}
+        for name, x in metrics.items():
+            _, diffs = intervals(x[pair], 0, n_boot)
+            out[s]["metrics"][name] = vars(diffs[1])
+    return out
 
 
 def table(res: dict[str, Any]) -> str:
@@ -165,11 +197,35 @@ def table(res: dict[str, Any]) -> str:
         ]
         cells.append(" / ".join(f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in r["val_head_ce"]))
         lines.append("| " + " | ".join(cells) + " |")
+    effects = res.get("weighting_effect", {})
+    if effects:
+        lines += ["", "Weighting effect (stage - its control, paired):", ""]
+        lines += [
+            "| stage | control | " + " | ".join(names) + " |",
+            "|" + "---|" * (2 + len(names)),
+        ]
+        for stage, e in effects.items():
+            cells = [Interval(**e["metrics"][n]).fmt("+.3f") for n in names]
+            lines.append(f"| {stage} | {e['control']} | " + " | ".join(cells) + " |")
+    spec = res.get("speculative", {})
+    if spec:
+        lines += ["", "Self-speculative decoding with the MTP heads (greedy prompts):", ""]
+        lines += ["| stage | acceptance | tokens per forward | identical to greedy |"]
+        lines += ["|---|---|---|---|"]
+        for stage, t in spec.items():
+            tpf = Interval(**t["tokens_per_forward_ci"]).fmt(".2f")
+            lines.append(
+                f"| {stage} | {t['acceptance']:.3f} | {tpf} | {t['identical_fraction']:.3f} |"
+            )
     note = (
         f"\n\nMean [95% bootstrap interval] over {res['n_problems']} held-out problems x "
         f"{res['n_seeds']} seed(s) ({res['n_boot']} replicates, problems and seeds resampled); "
         f"differences are paired (same draw for both stages). Validation CE per head: mean "
-        f"(min-max) over seeds.\n"
+        f"(min-max) over seeds. Weighting effect: a stage minus its control, which differs "
+        f"from it only in the weighting (verifiable_control: every weight 1; rho1_control: a "
+        f"random k% of the tokens), so data, steps, critic and normalisation cancel. "
+        f"Speculative: drafts from the extra heads, accepted while they equal head 0's "
+        f"greedy choice; the interval resamples problems.\n"
     )
     return "\n".join(lines) + note
 
@@ -222,6 +278,14 @@ def log_mlflow(res: dict[str, Any], out: Path, uri: str, experiment: str) -> Non
                 metrics |= {f"{pre}_{p}": iv[p] for p in ("mean", "lo", "hi")}
         for h, (m, _, _) in enumerate(r["val_head_ce"]):
             metrics[f"compare/{stage}/val_head{h}_ce"] = m
+    for stage, e in res.get("weighting_effect", {}).items():
+        for name, iv in e["metrics"].items():
+            tag = name.replace(" ", "_").replace("@", "_at_")
+            pre = f"compare/{stage}/weighting_effect_{tag}"
+            metrics |= {f"{pre}_{p}": iv[p] for p in ("mean", "lo", "hi")}
+    for stage, t in res.get("speculative", {}).items():
+        for key in ("acceptance", "tokens_per_forward", "identical_fraction"):
+            metrics[f"compare/{stage}/speculative_{key}"] = t[key]
     with tracker:
         tracker.log_metrics(metrics, step=0)
         for name in ("compare.md", "compare.json", "compare.png"):

@@ -19,8 +19,6 @@ average, since wall time on a shared machine says little.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from datetime import datetime
@@ -29,8 +27,20 @@ from typing import Any
 
 from weighted_mtp.setup_assets import PRETRAIN_PROBLEMS, PRETRAIN_STEPS, REFERENCE_STEPS, setup
 
-POLICY_STAGES = ("verifiable", "baseline", "rho1")
-ORDER = ("critic", "verifiable", "baseline", "rho1")
+# row -> (stage, weighting config of conf/weighting/ or None for the stage's own); each
+# control differs from its stage only in the weighting
+RUNS = {
+    "critic": ("critic", None),
+    "verifiable": ("verifiable", None),
+    "verifiable_control": ("verifiable", "verifiable_control"),
+    "baseline": ("baseline", None),
+    "rho1": ("rho1", None),
+    "rho1_control": ("rho1", "rho1_control"),
+}
+CONTROLS = {"verifiable": "verifiable_control", "rho1": "rho1_control"}  # stage -> control
+PRETRAINED = "pretrained"  # the policy every stage starts from: evaluated, not trained
+ORDER = (*RUNS, PRETRAINED)
+POLICY_STAGES = tuple(r for r in ORDER if r != "critic")  # the rows that are evaluated
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,12 +51,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--jobs", type=int, default=2, help="stages trained / evaluated at once (processes)"
     )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ORDER,
+        default=list(ORDER),
+        help="rows to run (default all; a control or verifiable brings in what it needs)",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for every policy stage (not the critic), e.g. "
+        "training.advantage_norm=step; repeatable",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="epochs of the policy stages")
     p.add_argument("--critic-epochs", type=float, default=30.0, help="epochs of the critic")
     p.add_argument("--n-samples", type=int, default=1000, help="records drawn per epoch")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (policy stages)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (policy stages)")
+    p.add_argument(
+        "--warmup", type=float, default=0.05, help="warm-up share of the steps (policy stages)"
+    )
     p.add_argument("--critic-lr", type=float, default=2e-3, help="learning rate (critic)")
+    p.add_argument("--critic-warmup", type=float, default=0.05, help="warm-up share (critic)")
     p.add_argument("--critic-batch-size", type=int, default=16, help="batch size (critic)")
     p.add_argument(
         "--critic-evals", type=int, default=10, help="validation points over the critic's run"
@@ -71,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--gen-batch-size", type=int, default=64, help="prompts per generation batch")
     p.add_argument(
+        "--speculative-drafts",
+        type=int,
+        default=3,
+        help="the greedy evaluation also decodes self-speculatively with this many drafts "
+        "(0 = off)",
+    )
+    p.add_argument(
         "--pretrain-steps", type=int, default=None, help=f"setup's (default {PRETRAIN_STEPS})"
     )
     p.add_argument(
@@ -93,17 +129,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def stage_overrides(
-    args: argparse.Namespace, stage: str, run_dir: Path, seed: int = 0
-) -> list[str]:
-    """Hydra overrides of one stage: micro assets under --storage, demo training budget."""
+def stage_overrides(args: argparse.Namespace, row: str, run_dir: Path, seed: int = 0) -> list[str]:
+    """Hydra overrides of one row (a stage, or a control: the stage with the control's
+    weighting): micro assets under --storage, the demo's training budget."""
     data = args.storage / "datasets" / "synthetic" / "processed"
     model = args.storage / "models" / "micro-mtp"
+    stage, weighting = RUNS[row]
     critic = stage == "critic"
     out = [
         f"stage={stage}",
         "profile=local",
-        f"experiment.name=demo-{stage}",
+        f"experiment.name=demo-{row}",
         f"models.policy.path={model}",
         f"models.policy.tokenizer_path={model / 'tokenizer'}",
         f"models.reference.path={args.storage / 'models' / 'micro-ref'}",
@@ -116,9 +152,9 @@ def stage_overrides(
         f"training.n_epochs={args.critic_epochs if critic else args.epochs}",
         f"training.batch_size={args.critic_batch_size if critic else args.batch_size}",
         "training.gradient_accumulation_steps=1",
-        "training.warmup_ratio=0.05",
+        f"training.warmup_ratio={args.critic_warmup if critic else args.warmup}",
         f"training.eval_samples={args.val_samples}",
-        f"checkpoint.save_dir={run_dir / 'checkpoints' / stage}",
+        f"checkpoint.save_dir={run_dir / 'checkpoints' / row}",
         "checkpoint.save_checkpoint_every="
         + str(args.critic_epochs / args.critic_evals if critic else 1 / args.evals_per_epoch),
         "checkpoint.save_total_limit=1",
@@ -131,19 +167,28 @@ def stage_overrides(
     if stage == "verifiable":
         critic_ckpt = run_dir / "checkpoints" / "critic" / "checkpoint_final"
         out.append(f"experiment.critic_checkpoint={critic_ckpt}")
-    return out
+    if weighting is not None:
+        out.append(f"weighting={weighting}")
+    return out if critic else out + list(args.override)
 
 
-def train_stage(args: argparse.Namespace, stage: str, run_dir: Path, seed: int) -> dict[str, Any]:
-    """Train one stage in-process; returns its metrics, history and wall time."""
+def train_stage(args: argparse.Namespace, row: str, run_dir: Path, seed: int) -> dict[str, Any]:
+    """Train one row in-process; returns its metrics, history and wall time (and, for the
+    verifiable stage and its control, the weights at the synthetic bugs' first tokens)."""
     from weighted_mtp import app
     from weighted_mtp.config.loader import compose
 
-    cfg = compose(stage_overrides(args, stage, run_dir, seed))
+    cfg = compose(stage_overrides(args, row, run_dir, seed))
     t0 = time.perf_counter()
-    result = app.run(cfg, source=f"demo:{stage}")
+    result = app.run(cfg, source=f"demo:{row}")
     result["train_seconds"] = time.perf_counter() - t0
     result["checkpoint"] = str(Path(cfg.checkpoint.save_dir) / "checkpoint_final")
+    if row == "verifiable":  # its control's weights are 1 everywhere
+        from weighted_mtp.evaluation.weight_probe import bug_token_weights
+
+        result["bug_token_weights"] = bug_token_weights(
+            result["checkpoint"], cfg.dataset.validation
+        )
     return result
 
 
@@ -167,7 +212,12 @@ def evaluate_stage(
     )
     scored: dict = {}
     greedy = evaluate(
-        EvalConfig(out_dir=str(run_dir / "eval" / stage / "greedy"), **common), scored
+        EvalConfig(
+            out_dir=str(run_dir / "eval" / stage / "greedy"),
+            speculative_drafts=args.speculative_drafts,
+            **common,
+        ),
+        scored,
     )
     sampled = evaluate(
         EvalConfig(
@@ -180,7 +230,9 @@ def evaluate_stage(
         ),
         scored,
     )
+    spec = {k: v for k, v in greedy.items() if k.startswith("speculative/")}
     return {
+        **spec,
         "greedy_pass@1": greedy["pass@1"],
         **{key: sampled[key] for key in (f"pass@{j}" for j in sorted({1, n}))},
         "gen_tokens_per_s": sampled["tokens_per_s"],
@@ -188,67 +240,8 @@ def evaluate_stage(
     }
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def table(rows: list[dict[str, Any]], k: int) -> str:
-    """The comparison table as markdown."""
-    cols = ["stage", "train loss", "val loss", "val head0 CE", "greedy pass@1", "pass@1"]
-    cols += [f"pass@{k}"]
-    cols += ["train tok/s", "gen tok/s", "train s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [
-            r["stage"],
-            _fmt(r.get("train/loss"), ".3f"),
-            _fmt(r.get("val/loss"), ".3f"),
-            _fmt(r.get("val/head0_ce"), ".3f"),
-            _fmt(r.get("greedy_pass@1"), ".3f"),
-            _fmt(r.get("pass@1"), ".3f"),
-            _fmt(r.get(f"pass@{k}"), ".3f"),
-            _fmt(r.get("tokens_per_s"), ".0f"),
-            _fmt(r.get("gen_tokens_per_s"), ".0f"),
-            _fmt(r.get("train_seconds"), ".0f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], histories: dict[str, list[dict]], k: int, path: Path):
-    """Validation loss per step for each stage, and pass@1 / pass@k bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage, hist in histories.items():
-        pts = [(h["step"], h["val/mtp_ce"]) for h in hist if "val/mtp_ce" in h]
-        if pts:
-            ax1.plot(*zip(*pts, strict=True), marker="o", label=stage)
-    ax1.set(xlabel="optimizer step", ylabel="validation MTP CE", title="Validation loss")
-    ax1.legend()
-    evald = [r for r in rows if r.get("pass@1") is not None]
-    bars = [("greedy_pass@1", "greedy pass@1"), ("pass@1", "pass@1"), (f"pass@{k}", f"pass@{k}")]
-    width = 0.8 / len(bars)
-    for j, (key, label) in enumerate(bars):
-        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(evald))]
-        ax2.bar(xs, [r[key] for r in evald], width, label=label)
-    x = range(len(evald))
-    ax2.set_xticks(list(x), [r["stage"] for r in evald])
-    top = max([r[key] for r in evald for key, _ in bars] + [0.05])
-    ax2.set(ylim=(0, min(1.0, top * 1.2)), ylabel="held-out synthetic", title="pass@k (test.jsonl)")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _task(args: argparse.Namespace, kind: str, stage: str, run_dir: Path, seed: int, ckpt: str):
-    """One unit of demo work (a stage's training or its evaluation), in a worker or inline."""
+    """One unit of demo work (a row's training or its evaluation), in a worker or inline."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -264,20 +257,25 @@ def _task(args: argparse.Namespace, kind: str, stage: str, run_dir: Path, seed: 
 def schedule(args: argparse.Namespace, runs: dict[int, Path]) -> dict[int, dict[str, dict]]:
     """Train and evaluate every stage of every seed; ``--jobs`` tasks at once.
 
-    A task starts when what it needs is done: verifiable after the critic, an evaluation
-    after its stage's training. Returns {seed: {stage: row}}.
+    A task starts when what it needs is done: verifiable (and its control) after the
+    critic, an evaluation after its row's training (the pretrained policy's at once).
+    Returns {seed: {row: results}}.
     """
     import concurrent.futures as cf
     import multiprocessing
 
-    todo = [(seed, kind, stage) for seed in runs for stage in ORDER for kind in ("train", "eval")]
-    todo = [t for t in todo if t[1] == "train" or t[2] in POLICY_STAGES]
+    wanted = selected_rows(args.rows)
+    todo = [(seed, kind, row) for seed in runs for row in wanted for kind in ("train", "eval")]
+    todo = [
+        t for t in todo if (t[1] == "train" and t[2] != PRETRAINED) or
+        (t[1] == "eval" and t[2] in POLICY_STAGES)
+    ]  # fmt: skip
     rows: dict[int, dict[str, dict]] = {seed: {} for seed in runs}
     done: set[tuple[int, str, str]] = set()
 
-    def ready(seed: int, kind: str, stage: str) -> bool:
-        need = (seed, "train", stage) if kind == "eval" else None
-        if stage == "verifiable" and kind == "train":
+    def ready(seed: int, kind: str, row: str) -> bool:
+        need = (seed, "train", row) if kind == "eval" and row != PRETRAINED else None
+        if RUNS.get(row, ("",))[0] == "verifiable" and kind == "train":
             need = (seed, "train", "critic")
         return need is None or need in done
 
@@ -289,9 +287,11 @@ def schedule(args: argparse.Namespace, runs: dict[int, Path]) -> dict[int, dict[
         print(f"=== seed {seed} / {stage}: {kind} done ===", flush=True)
 
     def submit_args(task: tuple[int, str, str]) -> tuple:
-        seed, kind, stage = task
-        ckpt = rows[seed].get(stage, {}).get("checkpoint", "")
-        return (args, kind, stage, runs[seed], seed, ckpt)
+        seed, kind, row = task
+        ckpt = rows[seed].get(row, {}).get("checkpoint", "")
+        if row == PRETRAINED:
+            ckpt = str(args.storage / "models" / "micro-mtp")
+        return (args, kind, row, runs[seed], seed, ckpt)
 
     if args.jobs <= 1:
         while todo:
@@ -312,36 +312,12 @@ def schedule(args: argparse.Namespace, runs: dict[int, Path]) -> dict[int, dict[
     return rows
 
 
-def write_results(
-    args: argparse.Namespace, seed: int, run_dir: Path, by_stage: dict[str, dict], timing: dict
-) -> str:
-    """results.md / results.json / results.png of one seed; returns the report text."""
-    k = args.eval_samples
-    rows = [by_stage[s] for s in ORDER]
-    histories = {r["stage"]: r.pop("history") for r in rows}
-    md = table(rows, k)
-    note = (
-        f"\n\nHeld-out test.jsonl problems; greedy pass@1 from one greedy sample, pass@1 and "
-        f"pass@{k} from {k} samples per problem (temperature {args.temperature}, top-p "
-        f"{args.top_p}), unbiased estimator. Critic trains only the value head (its losses "
-        f"are value losses). Seed {seed}. Whole demo: {timing['wall_seconds']:.0f} s wall, "
-        f"{timing['cpu_seconds']:.0f} s CPU (user+sys, all processes), setup "
-        f"{timing['setup_seconds']:.0f} s, {args.jobs} jobs, load average "
-        f"{timing['load_average_start']:.1f} at start, {timing['load_average_end']:.1f} at end.\n"
-    )
-    (run_dir / "results.md").write_text(md + note)
-    results = {
-        "seed": seed,
-        "wall_seconds": timing["wall_seconds"],
-        "timing": timing,
-        "stages": {r["stage"]: r for r in rows},
-        "rows": rows,
-        "histories": histories,
-        "args": vars(args),
-    }
-    (run_dir / "results.json").write_text(json.dumps(results, default=str))
-    plot(rows, histories, k, run_dir / "results.png")
-    return md + note + f"written: {run_dir}/results.md, results.json, results.png"
+def selected_rows(rows: list[str]) -> list[str]:
+    """``--rows`` in table order, with what they need (the critic for verifiable rows)."""
+    want = set(rows)
+    if any(RUNS.get(r, ("",))[0] == "verifiable" for r in want):
+        want.add("critic")
+    return [r for r in ORDER if r in want]
 
 
 def cpu_seconds() -> float:
@@ -386,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": load_start,
         "load_average_end": os.getloadavg()[0],
     }
-    reports = [write_results(args, seed, d, rows[seed], timing) for seed, d in runs.items()]
+    from weighted_mtp.demo_report import write_results
+
+    reports = [write_results(args, seed, d, rows[seed], timing, ORDER) for seed, d in runs.items()]
     print("\n" + "\n\n".join(reports))
     if several:
         from weighted_mtp import compare

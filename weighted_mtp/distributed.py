@@ -2,7 +2,8 @@
 
 Launchers: ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) or a Slurm task
 (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT from the job's
-setup lines, see conf/hydra/launcher/slurm_a100.yaml). Backend: nccl on CUDA, gloo on CPU.
+setup lines, see conf/hydra/launcher/slurm_a100.yaml). Backend: nccl for CUDA tensors
+(with gloo for host tensors), gloo on CPU.
 
 Data parallelism (``runtime.distributed=ddp``) keeps a full replica per rank and sums
 gradients once per optimizer step, in buckets, after every micro-batch of the step has
@@ -63,7 +64,9 @@ def init(device: torch.device) -> DistInfo:
     if info.enabled and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # on CUDA, nccl for device tensors and gloo for the few host-side reductions
+        # (step totals are summed on the CPU): nccl alone refuses CPU tensors
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
     return info
 

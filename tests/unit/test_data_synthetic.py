@@ -15,6 +15,7 @@ from weighted_mtp.data.humaneval import humaneval_records
 from weighted_mtp.data.index import Index
 from weighted_mtp.data.records import check_program, outputs_match, read_records, tests_of
 from weighted_mtp.data.synthetic import (
+    bug_offset,
     generate,
     mutants,
     pretrain_corpus,
@@ -51,6 +52,29 @@ def test_split_sizes_disjoint_problems_and_difficulty_spread(splits: dict) -> No
     bugs = Counter(r.metadata["bug"] for r in train if not r.is_correct)
     assert {"off_by_one", "wrong_operator", "wrong_format", "missing_edge_case"} <= set(bugs)
     assert len({r.task_id for rs in splits.values() for r in rs}) == 600
+
+
+def test_incorrect_records_say_where_the_bug_starts(splits: dict) -> None:
+    """metadata.bug_offset: output[:offset] starts a correct program of the problem, and
+    the next character departs from (or runs past) every one that shares that prefix."""
+    recs = [r for rs in splits.values() for r in rs]
+    solutions: dict[str, list[str]] = {}
+    for r in recs:
+        if r.is_correct:
+            solutions.setdefault(r.problem_id, []).append(r.output)
+            assert "bug_offset" not in r.metadata
+    bad = [r for r in recs if not r.is_correct]
+    assert bad
+    for r in bad:
+        off, out = r.metadata["bug_offset"], r.output
+        assert isinstance(off, int) and 0 <= off <= len(out), r.task_id
+        sharing = [s for s in solutions[r.problem_id] if s.startswith(out[:off])]
+        assert sharing, r.task_id
+        for s in sharing:
+            assert off == len(out) or off == len(s) or s[off] != out[off], r.task_id
+    assert bug_offset("abcX", ["abcd", "ab"]) == 3
+    assert bug_offset("ab", ["abc"]) == 2 and bug_offset("abc", ["ab"]) == 2
+    assert bug_offset("x", ["y", ""]) == 0
 
 
 def test_records_are_short_with_self_contained_statements(splits: dict) -> None:

@@ -19,8 +19,10 @@ from weighted_mtp.models.value_head import VALUE_HEAD_TYPES
 from weighted_mtp.training.optim import SCHEDULES as LR_SCHEDULERS
 from weighted_mtp.training.parallel import PARALLELISMS
 from weighted_mtp.training.runtime import AMP_DTYPES, DEVICES
+from weighted_mtp.training.task import POLICY_RECORDS
 from weighted_mtp.training.value import LOSS_TYPES
 from weighted_mtp.weighting.rho1 import SCOPES as RHO1_SCOPES
+from weighted_mtp.weighting.td import ADVANTAGE_NORMS
 
 if TYPE_CHECKING:
     from weighted_mtp.config.validate import Checker
@@ -129,6 +131,10 @@ def ranges(c: Checker) -> None:
     c.choice("training.loss_type", LOSS_TYPES)
     if c.get("training.selection_scope") is not None:
         c.choice("training.selection_scope", RHO1_SCOPES)
+    c.choice("training.advantage_norm", ADVANTAGE_NORMS)
+    c.choice("training.policy_records", POLICY_RECORDS)
+    lam = _num(c, "training.advantage_lambda")
+    c.range("training.advantage_lambda", lam is None or 0 <= lam <= 1, "0 <= lambda <= 1", "0.9")
     c.choice("training.lr_scheduler", LR_SCHEDULERS)
     c.choice("runtime.amp_dtype", list(AMP_DTYPES))
     c.choice("models.value_head.type", VALUE_HEAD_TYPES)

@@ -140,6 +140,13 @@ class TrainingConfig:
     value_coef: float | None = None
     weight_clip_min: float | None = None
     weight_clip_max: float | None = None
+    # TD weighting knobs (weighted_mtp.weighting.td), off by default (the seed's rule):
+    # GAE lambda of the advantage in exp(A / beta) (0 = the one-step TD error)
+    advantage_lambda: float = 0.0
+    # none | step: advantages standardised over the optimizer step's response tokens
+    advantage_norm: str = "none"
+    # which records the policy's MTP loss sees: all | correct (value head: all)
+    policy_records: str = "all"
     # critic value loss
     loss_type: str = "mse"
     # rho1
@@ -224,6 +231,10 @@ class EvaluationConfig:
     mlflow_uri: str = ""  # "" = off
     mlflow_experiment: str = ""
     run_name: str = ""
+    # greedy evaluations only: also decode each prompt self-speculatively with this many
+    # MTP-head drafts per forward (1..n_future_tokens-1) and record acceptance, tokens per
+    # forward and identity with greedy (evaluation/spec_summary.py); 0 = off
+    speculative_drafts: int = 0
 
 
 @dataclass

@@ -14,7 +14,8 @@ metadata           object  ``source`` (str), ``difficulty`` (int, 0 = unknown),
 =================  ======  =====================================================
 
 Optional metadata keys: ``language`` ("python3" / "python2"), ``python2`` (bool),
-``cf_rating`` (int), ``origin`` (platform), ``bug`` (synthetic bug kind), ``tests``
+``cf_rating`` (int), ``origin`` (platform), ``bug`` (synthetic bug kind), ``bug_offset``
+(int, where a synthetic bug starts in ``output``: see ``data.synthetic``), ``tests``
 and ``humaneval`` (the test format, below).
 
 Test format (what an evaluator runs a generated program against):

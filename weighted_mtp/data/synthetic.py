@@ -9,9 +9,14 @@ Every label is checked by running the program on all of the problem's tests in t
 sandbox (bubblewrap unless ``isolation="none"``, see ``data.verify``): a correct
 program must pass all (else the generator is broken: error), an incorrect candidate must
 fail at least one (candidates that pass everything are dropped).
-Records carry the tests in ``metadata.tests``. The statements say the input format
-themselves, so no worked examples are shown (``input`` is empty, ``N_EXAMPLES``): short
-sequences keep micro-model training cheap on a CPU. Deterministic for a seed.
+Records carry the tests in ``metadata.tests``; an incorrect record also carries its bug
+kind (``metadata.bug``) and where it is (``metadata.bug_offset``, :func:`bug_offset`):
+the offset in ``output`` of the first character where the program departs from the
+closest correct program of its problem (the longest common prefix over the problem's
+solutions; ``len(output)`` when the program is a prefix of a solution). The statements
+say the input format themselves, so no worked examples are shown (``input`` is empty,
+``N_EXAMPLES``): short sequences keep micro-model training cheap on a CPU. Deterministic
+for a seed.
 """
 
 from __future__ import annotations
@@ -80,6 +85,19 @@ def mutants(source: str) -> list[tuple[str, str]]:
                     continue
                 out.setdefault(prog, kind)
     return [(kind, prog) for prog, kind in out.items()]
+
+
+def bug_offset(program: str, solutions: list[str]) -> int:
+    """Where ``program`` departs from the closest of ``solutions``: the length of its
+    longest common prefix with any of them (so ``program[:offset]`` starts some solution,
+    and ``program[offset]`` differs from, or runs past the end of, every solution that
+    shares that prefix; ``len(program)`` when the program is a prefix of a solution)."""
+    best = 0
+    for sol in solutions:
+        n = min(len(program), len(sol))
+        i = next((j for j in range(n) if program[j] != sol[j]), n)
+        best = max(best, i)
+    return best
 
 
 def _make_problems(rng: Random, n: int, seen: set[str]) -> list[Problem]:
@@ -166,7 +184,7 @@ def _records(problems: list[Problem], rng: Random, isolation: str) -> list[list[
                     output=prog,
                     task_id=f"{p.problem_id}/incorrect/{n_bad}",
                     is_correct=False,
-                    metadata={**meta, "bug": kind},
+                    metadata={**meta, "bug": kind, "bug_offset": bug_offset(prog, p.solutions)},
                 )
             )
             n_bad += 1

@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-invalid", action="store_true", help="skip (and count) malformed data lines"
     )
+    p.add_argument(
+        "--speculative-drafts", type=int, default=0, metavar="N",
+        help="greedy only: also decode self-speculatively with N drafts from the extra MTP "
+        "heads (1..n_future_tokens-1) and report acceptance and tokens/forward (0 = off)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="output dir (default storage/eval/<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
@@ -100,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         mlflow_uri=args.mlflow_uri,
         mlflow_experiment=args.mlflow_experiment,
         run_name=args.run_name,
+        speculative_drafts=args.speculative_drafts,
     )
 
 

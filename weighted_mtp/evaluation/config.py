@@ -52,6 +52,11 @@ class EvalConfig(EvaluationConfig):
             )
         if self.limit is not None and self.limit < 1:
             errors.append(f"limit must be >= 1, got {self.limit}")
+        if self.speculative_drafts < 0:
+            errors.append(
+                f"speculative_drafts must be 0 (off) or 1..n_future_tokens-1 of the model, "
+                f"got {self.speculative_drafts}"
+            )
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             errors.append(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         for name, (lo, hi) in self.difficulty_bins.items():
@@ -66,6 +71,19 @@ class EvalConfig(EvaluationConfig):
             errors.append(f"out_dir exists and is not a directory: {self.out_dir}")
         if errors:
             raise UserError("evaluation config: " + "; ".join(errors))
+
+
+def check_speculative_drafts(drafts: int, n_future_tokens: int) -> None:
+    """Raise UserError unless ``drafts`` is 0 (off) or 1..n_future_tokens-1 (the model's
+    extra heads), once the model's shape is known."""
+    if not 0 <= drafts <= n_future_tokens - 1:
+        most = n_future_tokens - 1
+        allowed = "only 0 (off)" if most == 0 else f"0 (off) or 1..{most}"
+        raise UserError(
+            f"evaluation config: speculative_drafts {drafts}: this model has "
+            f"n_future_tokens {n_future_tokens} ({most} extra heads to draft with), so "
+            f"{allowed} (--speculative-drafts, evaluation.speculative_drafts)"
+        )
 
 
 def _device_errors(name: str) -> list[str]:

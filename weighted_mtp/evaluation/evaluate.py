@@ -11,6 +11,14 @@ Every setting is checked, and the sandbox's isolation self-tested, before the mo
 loaded. A problem whose prompt is longer than ``max_prompt_tokens`` (default: the model's
 context minus ``max_new_tokens``) is skipped, counted and listed in the summary
 (``skipped_long_prompt``), never truncated: a cut statement is a different problem.
+
+With ``speculative_drafts > 0`` a greedy evaluation (temperature 0) also decodes every
+problem's prompt with :func:`~weighted_mtp.evaluation.speculative.speculative_generate`
+(batch 1, that many drafts from the extra heads per forward, same ``max_new_tokens`` and
+EOS) and records how useful the MTP heads are as drafters: ``spec_*`` fields per problem
+(:mod:`~weighted_mtp.evaluation.spec_summary`) and ``speculative/*`` keys in the summary.
+The programs scored are still the batched greedy ones; a sampled evaluation ignores the
+setting.
 """
 
 from __future__ import annotations
@@ -28,10 +36,15 @@ import torch
 from weighted_mtp.data.records import ReadStats
 from weighted_mtp.errors import UserError
 from weighted_mtp.evaluation.checks import CheckResult
-from weighted_mtp.evaluation.config import DEFAULT_CONTEXT, EvalConfig
+from weighted_mtp.evaluation.config import (
+    DEFAULT_CONTEXT,
+    EvalConfig,
+    check_speculative_drafts,
+)
 from weighted_mtp.evaluation.generate import SamplingParams
 from weighted_mtp.evaluation.passk import aggregate, pass_at_k
 from weighted_mtp.evaluation.problems import Problem, load_problems, score_all
+from weighted_mtp.evaluation.spec_summary import speculative_totals
 from weighted_mtp.progress import Progress
 from weighted_mtp.sandbox.isolation import require_isolation
 
@@ -44,9 +57,13 @@ def integer_bins(bins: dict[str, list[int]]) -> dict[str, list[float]]:
 
 
 def problem_row(
-    problem: Problem, programs: list[str], checks: list[CheckResult], ks: list[int]
+    problem: Problem,
+    programs: list[str],
+    checks: list[CheckResult],
+    ks: list[int],
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results.jsonl row of one problem."""
+    """The results.jsonl row of one problem (``spec``: its ``spec_*`` fields, if any)."""
     n, c = len(programs), sum(r.passed for r in checks)
     return {
         "problem_id": problem.problem_id,
@@ -56,6 +73,7 @@ def problem_row(
         "n": n,
         "c": c,
         **{f"pass@{k}": pass_at_k(n, c, k) for k in ks},
+        **(spec or {}),
         "samples": [
             {
                 "completion": prog,
@@ -84,12 +102,50 @@ def prompt_budget(cfg: EvalConfig, model: Any) -> int:
     return context - cfg.max_new_tokens
 
 
+def speculative_fields(
+    model: Any,
+    prompts: list[list[int]],
+    greedy: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int | None,
+    drafts: int,
+) -> list[dict[str, Any]]:
+    """Per prompt, the ``spec_*`` fields of a self-speculative greedy decode with ``drafts``
+    drafts per forward (batch 1); ``spec_identical``: its tokens equal ``greedy``'s."""
+    from weighted_mtp.evaluation.speculative import speculative_generate
+
+    bar = Progress(len(prompts), "speculative", "prompts")
+    out = []
+    for prompt, ref in zip(prompts, greedy, strict=True):
+        toks, st = speculative_generate(model, prompt, max_new_tokens, eos_id, drafts)
+        out.append(
+            {
+                "spec_forwards": st.forwards,
+                "spec_proposed": st.proposed,
+                "spec_accepted": st.accepted,
+                "spec_tokens": st.tokens,
+                "spec_identical": toks == ref,
+            }
+        )
+        bar.update()
+    bar.close()
+    return out
+
+
+def speculates(cfg: EvalConfig) -> bool:
+    """Whether this evaluation also decodes self-speculatively (drafts set, greedy)."""
+    return cfg.speculative_drafts > 0 and cfg.temperature == 0
+
+
 def sample_programs(
     cfg: EvalConfig, problems: list[Problem]
 ) -> tuple[list[list[str] | None], dict]:
     """Load the policy, sample ``n_samples`` programs per problem; returns programs + stats.
 
     A problem whose prompt is longer than :func:`prompt_budget` gets ``None`` (skipped).
+    When :func:`speculates`, the stats also hold ``speculative_rows`` (``{problem_id:
+    spec_* fields}`` of the problems generated from), ``speculative/drafts`` and
+    ``speculative/seconds`` (wall time of the speculative decodes).
     """
     from weighted_mtp.data.collate import encode_prompt
     from weighted_mtp.evaluation.generate import generate_batched
@@ -98,6 +154,9 @@ def sample_programs(
 
     device = resolve_device(cfg.device)
     model, tok = load_policy(cfg.checkpoint, device)
+    check_speculative_drafts(cfg.speculative_drafts, model.n_future_tokens)
+    if cfg.speculative_drafts and not speculates(cfg):
+        log.info("speculative_drafts ignored: a sampled evaluation (temperature > 0)")
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     budget = prompt_budget(cfg, model)
     # A token spells at most `longest` characters (NFKC may merge a few; margin 4): longer
@@ -133,6 +192,16 @@ def sample_programs(
         "tokens_per_s": n_tokens / max(seconds, 1e-9),
         "max_prompt_tokens": budget,
     }
+    if speculates(cfg):
+        t0 = time.perf_counter()
+        spec = speculative_fields(
+            model, prompts, outs, cfg.max_new_tokens, tok.eos_id, cfg.speculative_drafts
+        )
+        stats["speculative_rows"] = {
+            problems[i].problem_id: fields for i, fields in zip(kept, spec, strict=True)
+        }
+        stats["speculative/drafts"] = cfg.speculative_drafts
+        stats["speculative/seconds"] = time.perf_counter() - t0
     return grouped, stats
 
 
@@ -146,12 +215,20 @@ def summarize(
     return summary
 
 
+SPEC_METRICS = (
+    "speculative/acceptance",
+    "speculative/tokens_per_forward",
+    "speculative/identical_fraction",
+    "speculative/seconds",
+)
+
+
 def metrics_of(summary: dict[str, Any], ks: list[int]) -> dict[str, float]:
     """Flat MLflow metrics: eval/pass_at_k overall and per bin (NaN bins left out)."""
     out = {f"eval/pass_at_{k}": summary[f"pass@{k}"] for k in ks}
     for name, b in summary.get("by_difficulty", {}).items():
         out |= {f"eval/{name}/pass_at_{k}": b[f"pass@{k}"] for k in ks}
-    for key in ("n_problems", "tokens_per_s", "gen_seconds", "exec_seconds"):
+    for key in ("n_problems", "tokens_per_s", "gen_seconds", "exec_seconds", *SPEC_METRICS):
         if key in summary:
             out[f"eval/{key}"] = float(summary[key])
     return {k: v for k, v in out.items() if not math.isnan(v)}
@@ -187,6 +264,7 @@ def evaluate(
     )
     with tracker:
         sampled, gen_stats = sample_programs(cfg, problems)
+        spec = gen_stats.pop("speculative_rows", None)
         too_long = [p.problem_id for p, progs in zip(problems, sampled, strict=True) if not progs]
         if too_long:
             log.warning(
@@ -204,13 +282,19 @@ def evaluate(
         checks = score_all(problems, programs, cfg.limits(), cfg.concurrency, scored)
         exec_seconds = time.perf_counter() - t0
         rows = [
-            problem_row(p, progs, chk, cfg.ks)
+            problem_row(p, progs, chk, cfg.ks, spec[p.problem_id] if spec else None)
             for p, progs, chk in zip(problems, programs, checks, strict=True)
         ]
         with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         summary = summarize(rows, cfg.ks, cfg.difficulty_bins)
+        if spec:
+            totals = speculative_totals(rows)
+            summary |= {
+                f"speculative/{key}": totals[key]
+                for key in ("acceptance", "tokens_per_forward", "identical_fraction")
+            }
         summary |= gen_stats | {
             "exec_seconds": exec_seconds,
             "skipped_no_tests": skipped,
@@ -255,4 +339,12 @@ def format_summary(summary: dict[str, Any], ks: list[int]) -> str:
     for name, part in summary.get("by_difficulty", {}).items():
         lines.append(line(name, part))
     lines.append(line("all", summary))
+    if "speculative/drafts" in summary:
+        lines.append(
+            f"self-speculative, {summary['speculative/drafts']} drafts: acceptance "
+            f"{summary['speculative/acceptance']:.3f}, "
+            f"{summary['speculative/tokens_per_forward']:.2f} tokens/forward, output = greedy "
+            f"on {summary['speculative/identical_fraction']:.1%} of problems "
+            f"({summary['speculative/seconds']:.1f} s)"
+        )
     return "\n".join(lines)

@@ -15,7 +15,11 @@ from weighted_mtp.training.task import Task
 
 
 def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
-    return Task(train_policy=True, weighting=instantiate(cfg.weighting))
+    return Task(
+        train_policy=True,
+        weighting=instantiate(cfg.weighting),
+        policy_records=cfg.training.policy_records,
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def token_ce(model: nn.Module, temperature: float, ids: Tensor, mask: Tensor, la
 def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     ref_cfg = cfg.models.reference
     weighting = instantiate(cfg.weighting)
+    records = cfg.training.policy_records
+    if not weighting.needs_reference:  # rho1_control: the same stage without the reference
+        return Task(train_policy=True, weighting=weighting, policy_records=records)
     temperature = float(cfg.training.temperature)
     reference = load_reference(ref_cfg.path, ref_cfg.dtype, tokenizer, device)
     Index.for_jsonl(cfg.dataset.train)  # the key hashes the index: build it first
@@ -61,6 +64,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     return Task(
         train_policy=True,
         weighting=weighting,
+        policy_records=records,
         reference=cache,
         prepare=cache.precompute,
         provenance={"reference": str(ref_cfg.path), "reference_cache": str(cache.dir)},

@@ -30,6 +30,7 @@ def build_task(cfg: DictConfig, model, tokenizer, device) -> Task:
     return Task(
         train_policy=True,
         weighting=instantiate(cfg.weighting),
+        policy_records=cfg.training.policy_records,
         value_head=head,
         value_coef=cfg.training.value_coef,
         value_loss_type=cfg.training.loss_type,

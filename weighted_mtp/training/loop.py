@@ -41,6 +41,7 @@ from weighted_mtp.training.runtime import amp_dtype, resolve_device, seed_everyt
 from weighted_mtp.training.step import optimizer_step
 from weighted_mtp.training.task import Task, prepare_policy
 from weighted_mtp.training.validator import Validator
+from weighted_mtp.weighting.diagnostics import diagnostic_metrics
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def _train(
         every=t_cfg.log_interval, enabled=info.is_main,
     )  # fmt: skip
     tokens, t0 = 0.0, time.perf_counter()
+    weights = _WeightSummary()
     while step < plan.total_steps:
         batches = [
             collator(train_ds.records(next(it) for _ in range(t_cfg.batch_size))).to(device)
@@ -181,6 +183,7 @@ def _train(
         step += 1
         tokens += step_tokens
         metrics = _step_metrics(totals, task, res.grad_norm, scheduler, sampler)
+        weights.add(totals, metrics)
         metrics["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.update(1, _status(metrics))
         if step % t_cfg.log_interval == 0:
@@ -212,6 +215,9 @@ def _train(
     if info.is_main:
         print(f"{cfg.experiment.stage} done: step {step}/{plan.total_steps} {_fmt(result)}")
         print(f"  checkpoints: {saver.save_dir}", flush=True)
+    if weights.steps:
+        result["weight_summary"] = weights.summary()
+        tracker.log_dict(result["weight_summary"], "weight_summary.json")
     return result | {"history": history}
 
 
@@ -232,11 +238,38 @@ def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> di
         m |= {f"train/head{k}_ce": v for k, v in enumerate(totals["head_ce"])}
     if "value_loss" in totals:
         m["train/value_loss"] = totals["value_loss"]
+    m |= {f"train/{k}": v for k, v in totals.get("weight_diagnostics", {}).items()}
     if task.weighting is not None:
         m |= {f"train/{k}": v for k, v in task.weighting.stats().items()}
     if task.trunk_cache is not None:
         m |= {f"train/{k}": v for k, v in task.trunk_cache.stats().items()}
     return m
+
+
+class _WeightSummary:
+    """The weight diagnostics of the whole run (the steps this process ran): the
+    diagnostics' sums added over steps, and the weighting's clipped fractions averaged."""
+
+    def __init__(self) -> None:
+        self.sums: list[float] | None = None
+        self.clipped: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self, totals: dict, metrics: dict[str, float]) -> None:
+        if "weight_sums" not in totals:
+            return
+        new = totals["weight_sums"]
+        self.sums = (
+            new if self.sums is None else [a + b for a, b in zip(self.sums, new, strict=True)]
+        )
+        for k, v in metrics.items():
+            if k.startswith("train/weight/clipped_"):
+                self.clipped[k[len("train/") :]] = self.clipped.get(k[len("train/") :], 0.0) + v
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        clipped = {k: v / self.steps for k, v in self.clipped.items()}
+        return diagnostic_metrics(self.sums or []) | clipped | {"steps": self.steps}
 
 
 def _status(m: dict[str, float]) -> str:

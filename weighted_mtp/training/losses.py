@@ -48,6 +48,7 @@ class MTPLossOutput:
     head_loss: [n] sum(w*CE)/denominator per head (sums to ``loss``), detached.
     n_valid: number of valid (head, token) targets. head_valid: [n] the same per head.
     token_ce: [B,S,n] detached per-token CE (0 at invalid targets) if asked, else None.
+    token_weight: [B,S,n] the weights the loss used (0 at invalid targets) if asked, else None.
     trunk_grad: [B,S,D] dLoss/d trunk_hidden (``mtp_loss`` with backward=True), else None.
     """
 
@@ -57,6 +58,7 @@ class MTPLossOutput:
     n_valid: int
     head_valid: Tensor
     token_ce: Tensor | None = None
+    token_weight: Tensor | None = None
     trunk_grad: Tensor | None = None
 
 
@@ -103,6 +105,7 @@ def mtp_loss(
     chunk_size: int = 1024,
     backward: bool = True,
     return_token_ce: bool = False,
+    return_weights: bool = False,
     before_last_backward: Callable[[nn.Module], None] | None = None,
 ) -> MTPLossOutput:
     """Weighted MTP loss, head by head, vocabulary projection in chunks.
@@ -114,6 +117,8 @@ def mtp_loss(
     chunk_size: tokens per logits chunk (valid tokens only are projected).
     backward=True back-propagates into the head parameters and returns ``trunk_grad``
     (see the module docstring); backward=False computes values only (validation).
+    return_token_ce / return_weights: also return the per-token CE / the weights used
+    ([B,S,n], for the weight diagnostics).
     ``before_last_backward(module)`` is called right before the last backward pass
     through ``model.output`` (the last head's last chunk), then through ``model.norm``
     (the last head's block): the parallelism's hook (FSDP reduces their gradients there).
@@ -131,6 +136,7 @@ def mtp_loss(
     head_ce = torch.zeros(n, dtype=torch.float32, device=h.device)
     head_loss = torch.zeros(n, dtype=torch.float32, device=h.device)
     token_ce = torch.zeros(b * s, n, device=h.device) if return_token_ce else None
+    token_weight = torch.zeros(b * s, n, device=h.device) if return_weights else None
 
     for k in range(n):
         tgt = targets[..., k].reshape(-1)
@@ -152,6 +158,8 @@ def mtp_loss(
             w = weights(k, ce_k.view(b, s)).detach().reshape(-1).float()
         elif weights is not None:
             w = weights[..., k].detach().reshape(-1).float()
+        if token_weight is not None:
+            token_weight[idx, k] = 1.0 if w is None else w[idx]
         gz = torch.zeros_like(zd) if backward else None
         for i, c in enumerate(chunks):
             zc = zd[c].requires_grad_(backward)
@@ -183,6 +191,7 @@ def mtp_loss(
         n_valid=n_valid,
         head_valid=head_valid,
         token_ce=token_ce.view(b, s, n) if token_ce is not None else None,
+        token_weight=token_weight.view(b, s, n) if token_weight is not None else None,
         trunk_grad=trunk_grad,
     )
 

@@ -17,12 +17,15 @@ from weighted_mtp.models.mtp import MTPTransformer
 from weighted_mtp.training.parallel import Replicated
 from weighted_mtp.training.runtime import autocast
 from weighted_mtp.training.task import Task, denominators, micro_step
+from weighted_mtp.weighting.diagnostics import SUMS, diagnostic_metrics, weight_quantiles
 
 
 @dataclass
 class StepResult:
     """``totals``: the step's global ``loss`` (and ``mtp_loss`` / ``value_loss``), ``tokens``
-    and ``head_ce`` [n] (summed over micro-batches and ranks); ``grad_norm``: before
+    and ``head_ce`` [n] (summed over micro-batches and ranks), and when the policy trains
+    ``weight_sums`` (the diagnostics' sums, all ranks) and ``weight_diagnostics`` (their
+    shares and means, plus this rank's weight quantiles per label); ``grad_norm``: before
     clipping."""
 
     totals: dict[str, Any]
@@ -96,6 +99,9 @@ def global_totals(parts: list[dict], batches: list[Batch], info: dist.DistInfo) 
     scalars = [sum(p[k] for p in parts).double().cpu() for k in names]
     tokens = torch.tensor(sum(float(b.attention_mask.sum()) for b in batches), dtype=torch.float64)
     vec = [torch.stack([*scalars, tokens])]
+    diag = "weight_sums" in parts[0]
+    if diag:
+        vec.append(sum(p["weight_sums"] for p in parts))
     if "head_ce" in parts[0]:
         vec.append(sum(p["head_ce"] * p["head_valid"] for p in parts).double().cpu())
         vec.append(sum(p["head_valid"] for p in parts).double().cpu())
@@ -103,8 +109,16 @@ def global_totals(parts: list[dict], batches: list[Batch], info: dist.DistInfo) 
     out: dict[str, Any] = dict(
         zip([*names, "tokens"], flat[: len(names) + 1].tolist(), strict=True)
     )
+    rest = flat[len(names) + 1 :]
+    if diag:
+        sums, rest = rest[: len(SUMS)], rest[len(SUMS) :]
+        out["weight_sums"] = sums.tolist()
+        local = {
+            label: torch.cat([p["label_weights"][label] for p in parts])
+            for label in ("correct", "incorrect")
+        }
+        out["weight_diagnostics"] = diagnostic_metrics(sums) | weight_quantiles(local)
     if "head_ce" in parts[0]:
-        n = (len(flat) - len(names) - 1) // 2
-        ce_sum, valid = flat[len(names) + 1 :].split(n)
+        ce_sum, valid = rest.split(len(rest) // 2)
         out["head_ce"] = (ce_sum / valid.clamp(min=1)).tolist()
     return out

@@ -24,6 +24,9 @@ from weighted_mtp.training.losses import backward_trunk, mtp_loss, mtp_targets
 from weighted_mtp.training.trunk_cache import TrunkCache
 from weighted_mtp.training.value import value_loss, value_mask, value_targets
 from weighted_mtp.weighting.base import StepInputs, Weighting, WeightingInputs
+from weighted_mtp.weighting.diagnostics import diagnostic_sums, label_weights
+
+POLICY_RECORDS = ("all", "correct")  # training.policy_records
 
 # batch -> reference per-token CE [B, S] (CE of the token at each position; 0 elsewhere)
 ReferenceCE = Callable[[Batch], Tensor]
@@ -46,6 +49,9 @@ class Task:
     provenance: dict[str, str] = field(default_factory=dict)
     # the frozen trunk's outputs kept across epochs (critic: training.frozen_trunk_cache_mb)
     trunk_cache: TrunkCache | None = None
+    # which records the policy's MTP loss sees (training.policy_records): all, or the
+    # correct ones only (the value head still learns from every record)
+    policy_records: str = "all"
     # weights of this optimizer step's micro-batches (``begin_step``), keyed by id(batch)
     step_weights: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
@@ -64,14 +70,27 @@ class Task:
         parts = []
         with torch.no_grad():
             for b in batches:
-                targets = mtp_targets(b.labels, n)
+                targets = self.targets(b, n)
                 h = model.trunk(b.input_ids, b.attention_mask)
-                ce = mtp_loss(
-                    model, h, b.attention_mask, targets, backward=False, return_token_ce=True
-                ).token_ce
-                parts.append(StepInputs(self._inputs(b, targets, None), ce))
+                values = None
+                if w.needs_values and self.value_head is not None:
+                    values = self.value_head(h).float()
+                ce = None
+                if w.needs_step_ce:
+                    ce = mtp_loss(
+                        model, h, b.attention_mask, targets, backward=False, return_token_ce=True
+                    ).token_ce
+                parts.append(StepInputs(self._inputs(b, targets, values), ce))
         for b, weights in zip(batches, w.step_weights(parts, info), strict=True):
             self.step_weights[id(b)] = weights
+
+    def targets(self, batch: Batch, n_heads: int) -> Tensor:
+        """The MTP loss's targets [B, S, n] (``mtp_targets``); with ``policy_records =
+        correct`` the rows of incorrect records have none (-100)."""
+        targets = mtp_targets(batch.labels, n_heads)
+        if self.policy_records == "correct":
+            targets[batch.reward <= 0] = -100
+        return targets
 
     def trunk(self, model: MTPTransformer, batch: Batch, grad: bool = False) -> Tensor:
         """The trunk's hidden states of ``batch`` (from the cache when the stage has one)."""
@@ -144,7 +163,7 @@ def denominators(task: Task, batches: list[Batch], n_heads: int) -> Denominators
         if id(b) in task.step_weights:
             mtp += task.step_weights[id(b)].sum().double().cpu()
         elif task.weighting is not None:
-            valid = mtp_targets(b.labels, n_heads) != -100
+            valid = task.targets(b, n_heads) != -100
             mtp += task.weighting.denominator(valid).double().cpu()
         if task.value_head is not None:
             val += value_mask(b.labels).sum().double().cpu()
@@ -165,10 +184,12 @@ def micro_step(
     (the parallelism's hook, see :mod:`weighted_mtp.training.parallel`).
 
     Returns detached loss terms: ``loss`` (this micro-batch's share of the step loss),
-    ``mtp_loss``, ``value_loss``, ``head_ce`` [n], and the value head's ``values`` [B, S].
+    ``mtp_loss``, ``value_loss``, ``head_ce`` [n], and the value head's ``values`` [B, S];
+    when training the policy, the weight diagnostics (``weight_sums``: the
+    :data:`~weighted_mtp.weighting.diagnostics.SUMS`, ``label_weights``).
     """
     n = model.n_future_tokens
-    targets = mtp_targets(batch.labels, n)
+    targets = task.targets(batch, n)
     h = task.trunk(model, batch, grad=backward and task.train_policy)
     out: dict[str, Tensor] = {}
     extra: list[Tensor] = []
@@ -202,6 +223,8 @@ def micro_step(
             denominator=den.mtp.to(h.device),
             chunk_size=task.chunk_size,
             backward=backward and task.train_policy,
+            return_token_ce=backward and task.train_policy,
+            return_weights=backward and task.train_policy,
             before_last_backward=before_last_backward,
         )
         if backward and task.train_policy:
@@ -211,6 +234,12 @@ def micro_step(
         out["mtp_loss"] = res.loss
         out["head_ce"] = res.head_ce
         out["head_valid"] = res.head_valid
+        if res.token_weight is not None and res.token_ce is not None:
+            valid = targets != -100
+            out["weight_sums"] = diagnostic_sums(
+                res.token_weight, res.token_ce, valid, batch.reward
+            )
+            out["label_weights"] = label_weights(res.token_weight, valid, batch.reward)
         total = total + res.loss.to(total.device)
     elif backward and extra:
         torch.autograd.backward(sum(extra))

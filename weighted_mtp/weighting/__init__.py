@@ -5,12 +5,13 @@ per-token losses, when it asks for them) into per-head per-token weights ``[B, S
 """
 
 from weighted_mtp.weighting.base import HeadWeightFn, StepInputs, Weighting, WeightingInputs
-from weighted_mtp.weighting.rho1 import Rho1Weighting
+from weighted_mtp.weighting.rho1 import RandomKeepWeighting, Rho1Weighting
 from weighted_mtp.weighting.td import TDErrorWeighting
 from weighted_mtp.weighting.uniform import UniformWeighting
 
 __all__ = [
     "HeadWeightFn",
+    "RandomKeepWeighting",
     "Rho1Weighting",
     "StepInputs",
     "TDErrorWeighting",

@@ -54,13 +54,15 @@ class WeightingInputs:
 class StepInputs:
     """One micro-batch of an optimizer step, for weightings that rank the whole step.
 
-    inputs: the micro-batch's :class:`WeightingInputs`.
+    inputs: the micro-batch's :class:`WeightingInputs` (with the value head's ``values``
+        when the weighting ``needs_values``).
     head_ce: [B, S, n] the policy's detached per-token CE of each head (0 at invalid
-        targets), from a no-grad forward with the step's parameters and precision.
+        targets), from a no-grad forward with the step's parameters and precision; None
+        when the weighting does not ask for it (``needs_step_ce = False``).
     """
 
     inputs: WeightingInputs
-    head_ce: Tensor
+    head_ce: Tensor | None = None
 
 
 class Weighting:
@@ -68,12 +70,14 @@ class Weighting:
 
     ``needs_step_pass = True``: the weights of a micro-batch depend on the whole optimizer
     step; the loop then calls :meth:`step_weights` once per step, before any backward, and
-    uses its weights (and their sum as the denominator) instead of :meth:`weights`.
+    uses its weights (and their sum as the denominator) instead of :meth:`weights`; its
+    no-grad pass computes the policy's per-token CE only when ``needs_step_ce``.
     """
 
     needs_values: bool = False
     needs_reference: bool = False
     needs_step_pass: bool = False
+    needs_step_ce: bool = True
     #: constructor argument -> the config field that is its user's address (the stage's
     #: ``weighting`` section interpolates it: ``beta: ${training.beta}``); validation
     #: refuses a ``weighting.<arg>`` set anywhere else

@@ -94,22 +94,39 @@ class Rho1Weighting(Weighting):
 
     # -- scope = micro_batch: rank inside each micro-batch, head by head -----------------
     def weights(self, inputs: WeightingInputs) -> HeadWeightFn:
-        assert inputs.ref_ce is not None, "Rho1Weighting needs the reference's per-token CE"
-        ref_ce, valid = inputs.ref_ce.float(), inputs.valid
+        if self.needs_reference:
+            assert inputs.ref_ce is not None, "Rho1Weighting needs the reference's per-token CE"
+        valid = inputs.valid
         self._stats = {}
 
         def head_weights(k: int, ce: Tensor) -> Tensor:
-            s = ce.shape[1]
-            ref_k = torch.zeros_like(ref_ce)
-            ref_k[:, : s - k - 1] = ref_ce[:, k + 1 :]  # CE_ref of the token head k predicts
-            excess = ce.float() - ref_k
+            score = self._micro_scores(k, ce, inputs.ref_ce)
             n_keep = kept_count(valid[..., k].sum(), self.k_percent)
-            keep = top_mask(excess, valid[..., k], n_keep)
-            if keep.any():
-                self._stats[f"rho1/excess_kept_mean_head{k}"] = excess[keep].mean().item()
+            keep = top_mask(score, valid[..., k], n_keep)
+            if keep.any() and self.needs_reference:
+                self._stats[f"rho1/excess_kept_mean_head{k}"] = score[keep].mean().item()
             return keep.to(ce.dtype)
 
         return head_weights
+
+    def _micro_scores(self, k: int, ce: Tensor, ref_ce: Tensor | None) -> Tensor:
+        """What head ``k``'s top-k ranks in one micro-batch [B, S]: the excess loss."""
+        assert ref_ce is not None
+        s = ce.shape[1]
+        ref_k = torch.zeros_like(ref_ce, dtype=torch.float32)
+        ref_k[:, : s - k - 1] = ref_ce[:, k + 1 :].float()  # CE_ref of the token k predicts
+        return ce.float() - ref_k
+
+    def _step_scores(self, part: StepInputs) -> Tensor:
+        """What travels to the step-wide ranking for one micro-batch [B, S, n]."""
+        assert part.head_ce is not None and part.inputs.ref_ce is not None, (
+            "Rho1Weighting needs the policy's and the reference's per-token CE"
+        )
+        return head_excess(part.head_ce, part.inputs.ref_ce)
+
+    def _order(self, gathered: Tensor) -> Tensor:
+        """Scores the step-wide top-k ranks, from the gathered step scores [M, n]."""
+        return gathered
 
     def denominator(self, valid: Tensor) -> Tensor:
         return torch.tensor(
@@ -124,23 +141,23 @@ class Rho1Weighting(Weighting):
         info = info or dist.DistInfo()
         excess, valid = [], []
         for p in parts:
-            assert p.inputs.ref_ce is not None, "Rho1Weighting needs the reference's CE"
-            excess.append(head_excess(p.head_ce, p.inputs.ref_ce).flatten(0, 1))
+            excess.append(self._step_scores(p).flatten(0, 1))
             valid.append(p.inputs.valid.flatten(0, 1))
         all_e, all_v = torch.cat(excess), torch.cat(valid)  # [B*S summed, n]
         rows = all_v.any(dim=1)  # only positions with a target travel
         mine = torch.where(all_v[rows], all_e[rows], torch.nan)  # [M, n]
         gathered = dist.all_gather_rows(mine, info)  # rank order, the same on every rank
         everything = torch.cat(gathered)
+        scores = self._order(everything)
         offset = sum(g.shape[0] for g in gathered[: info.rank])
         keep_rows = torch.zeros(mine.shape, dtype=torch.bool, device=mine.device)
         self._stats = {}
         for k in range(mine.shape[1]):
             col = everything[:, k]
             ok = ~col.isnan()
-            kept = top_mask(torch.nan_to_num(col), ok, kept_count(ok.sum(), self.k_percent))
+            kept = top_mask(scores[:, k], ok, kept_count(ok.sum(), self.k_percent))
             keep_rows[:, k] = kept[offset : offset + mine.shape[0]]
-            if kept.any():
+            if kept.any() and self.needs_reference:
                 self._stats[f"rho1/excess_kept_mean_head{k}"] = col[kept].mean().item()
         keep = torch.zeros_like(all_v)
         keep[rows] = keep_rows
@@ -153,3 +170,29 @@ class Rho1Weighting(Weighting):
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)
+
+
+class RandomKeepWeighting(Rho1Weighting):
+    """Rho-1's control (``weighting=rho1_control``): keep a uniformly random ``k_percent``
+    of the valid targets instead of the highest excess loss.
+
+    Everything else is Rho-1's: the same ``scope`` (step-wide over every micro-batch and
+    rank, or per micro-batch), the same ``kept_count`` per head and step, the same
+    denominator (the kept count). No reference and no extra forward are needed. The random
+    scores come from torch's global CPU generator (seeded by ``runtime.seed``, saved in
+    checkpoints, so a resumed run keeps the same tokens as an uninterrupted one); in step
+    scope every rank draws the same scores for the gathered step, so the ranks agree.
+    Rho-1 minus this control isolates *which* tokens are kept from *how many*.
+    """
+
+    needs_reference = False
+    needs_step_ce = False
+
+    def _micro_scores(self, k: int, ce: Tensor, ref_ce: Tensor | None) -> Tensor:
+        return torch.rand(ce.shape).to(ce.device)
+
+    def _step_scores(self, part: StepInputs) -> Tensor:
+        return torch.zeros(part.inputs.targets.shape, device=part.inputs.targets.device)
+
+    def _order(self, gathered: Tensor) -> Tensor:
+        return torch.rand(gathered.shape).to(gathered.device)
