@@ -54,12 +54,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m weighted_mtp.demo
 
-# 4 stages x 3 seeds on the embedded default, then `compare` (bootstrap 95% intervals);
-# EXPERIMENT_ARGS passes demo options, e.g. EXPERIMENT_ARGS="--epochs 1 --limit 30".
+# every row (4 stages, 2 controls, the pretrained policy) x 3 seeds on the embedded default,
+# greedy evaluations also decoding self-speculatively (3 drafts), then `compare` (bootstrap
+# 95% intervals, weighting effects); EXPERIMENT_ARGS passes demo options, e.g.
+# EXPERIMENT_ARGS="--epochs 1 --limit 30" or "--override training.advantage_norm=step".
 EXPERIMENT ?= storage/experiment/$(shell date +%Y-%m-%d_%H-%M-%S)
 EXPERIMENT_ARGS ?=
 experiment: $(STAMP)
-	$(BIN)/python -m weighted_mtp.demo --seeds 0 1 2 --out $(EXPERIMENT) $(EXPERIMENT_ARGS)
+	$(BIN)/python -m weighted_mtp.demo --seeds 0 1 2 --speculative-drafts 3 --out $(EXPERIMENT) \
+	  $(EXPERIMENT_ARGS)
 
 bench-decode: $(STAMP) ; $(BIN)/python benchmarks/decode.py
 

@@ -102,9 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--speculative-drafts",
         type=int,
-        default=3,
+        default=0,
         help="the greedy evaluation also decodes self-speculatively with this many drafts "
-        "(0 = off)",
+        "(0 = off; make experiment: 3, for compare's table)",
     )
     p.add_argument(
         "--pretrain-steps", type=int, default=None, help=f"setup's (default {PRETRAIN_STEPS})"

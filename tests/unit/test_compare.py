@@ -39,7 +39,9 @@ def fake_run(root: Path, seed: int, gain: float) -> Path:
     run = root / f"seed{seed}"
     rng = np.random.default_rng(seed)
     rows = [{"stage": "critic", "val/loss": 0.2}]
-    for stage, p in (("baseline", 0.3), ("rho1", 0.3 + gain), ("verifiable", 0.3)):
+    stages = [("baseline", 0.3), ("rho1", 0.3 + gain), ("verifiable", 0.3)]
+    stages += [("rho1_control", 0.3), ("verifiable_control", 0.3)]
+    for stage, p in stages:
         for kind in ("greedy", "sampled"):
             d = run / "eval" / stage / kind
             d.mkdir(parents=True)
@@ -49,6 +51,9 @@ def fake_run(root: Path, seed: int, gain: float) -> Path:
                     row = {"problem_id": f"p{i}", "n": 1, "c": c, "pass@1": float(c)}
                     if kind == "sampled":
                         row["pass@5"] = float(max(c, rng.random() < p))
+                    else:  # 3 drafts, 2 forwards: the prefill, then one with 2 of 3 accepted
+                        row |= {"spec_forwards": 2, "spec_proposed": 3, "spec_accepted": 2}
+                        row |= {"spec_tokens": 4, "spec_identical": True}
                     fh.write(json.dumps(row) + "\n")
         rows.append(
             {"stage": stage, "greedy_pass@1": p, "val/head0_ce": 1.0 + seed, "val/head1_ce": 2.0}
@@ -65,17 +70,33 @@ def test_compare_command_writes_table_plot_and_mlflow(tmp_path: Path, capsys) ->
     assert main(["compare", str(tmp_path / "exp"), "--out", str(out), "--mlflow-uri", uri]) == 0
     res = json.loads((out / "compare.json").read_text())
     assert res["n_seeds"] == 3 and res["n_problems"] == 40 and res["k"] == 5
-    assert set(res["stages"]) == {"baseline", "rho1", "verifiable"}
+    assert set(res["stages"]) == {
+        "baseline", "rho1", "verifiable", "rho1_control", "verifiable_control"
+    }  # fmt: skip
+    effects = res["weighting_effect"]
+    assert set(effects) == {"rho1", "verifiable"}
+    assert effects["rho1"]["control"] == "rho1_control"
+    assert effects["rho1"]["metrics"]["pass@1"]["lo"] > 0  # rho1's gain is its weighting's
+    assert effects["verifiable"]["metrics"]["pass@1"]["lo"] < 0 < effects["verifiable"][
+        "metrics"
+    ]["pass@1"]["hi"]  # same solve rate as its control: an interval around 0
+    spec = res["speculative"]["rho1"]
+    assert spec["acceptance"] == 2 / 3 and spec["tokens_per_forward"] == 2.0
+    assert spec["identical_fraction"] == 1.0
     rho1 = res["stages"]["rho1"]
     assert rho1["diff_to_baseline"]["pass@1"]["lo"] > 0
     assert rho1["val_head_ce"][0] == [2.0, 1.0, 3.0]  # mean, min, max over seeds
     md = (out / "compare.md").read_text()
     assert "| rho1 |" in md and "pass@5 - baseline" in md and "[" in md
+    assert "| rho1 | rho1_control |" in md and "Weighting effect" in md
+    assert "tokens per forward" in md
     assert (out / "compare.png").stat().st_size > 0
     assert "compare.md" in capsys.readouterr().out
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("compare").experiment_id])
     assert run.data.metrics["compare/rho1/pass_at_1_diff_lo"] > 0
+    assert run.data.metrics["compare/rho1/weighting_effect_pass_at_1_lo"] > 0
+    assert run.data.metrics["compare/rho1/speculative_tokens_per_forward"] == 2.0
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"compare.md", "compare.png"}
 
 
