@@ -125,3 +125,46 @@ def test_rho1_step_scope_batch_equals_accumulation_equals_ranks(make_cfg, tmp_pa
         other = states[name]["modules"]["policy"]
         worst = max((ref[k] - other[k]).abs().max().item() for k in ref)
         assert worst < 1e-5, (name, worst)
+
+
+def test_step_wide_control_and_td_normalisation_equal_across_layouts(
+    make_cfg, tmp_path: Path
+) -> None:
+    """The other step-wide weightings: rho1_control's random k% and the TD weighting's
+    per-step advantage normalisation see the whole step, so batch 4, 2 micro-batches of 2
+    and 2 ranks of 2 train the same weights."""
+    critic = make_cfg("critic", "training.learning_rate=1e-2", f"checkpoint.save_dir={tmp_path}/c")
+    app.run(critic)
+    common = [
+        "data_sampling.n_samples=8",
+        "training.learning_rate=5e-4",  # see test_two_process_ddp_equals_one_process
+        "training.eval_samples=4",
+    ]
+    layouts = {
+        "batch": (["training.batch_size=4", "training.gradient_accumulation_steps=1"], 1),
+        "accum": (["training.batch_size=2", "training.gradient_accumulation_steps=2"], 1),
+        "ranks": (["training.batch_size=2", "training.gradient_accumulation_steps=1"], 2),
+    }
+    cases = {
+        "rho1_control": ("rho1", ["weighting=rho1_control", "training.k_percent=0.3"]),
+        "td_step": (
+            "verifiable",
+            [
+                f"experiment.critic_checkpoint={critic.checkpoint.save_dir}/checkpoint_final",
+                "training.advantage_norm=step",
+                "training.beta=0.5",
+            ],
+        ),
+    }
+    for case, (stage, extra_case) in cases.items():
+        states = {}
+        for name, (extra, nproc) in layouts.items():
+            cfg = make_cfg(
+                stage, *common, *extra_case, *extra, f"checkpoint.save_dir={tmp_path}/{case}{name}"
+            )
+            states[name] = launch(cfg, tmp_path, nproc)
+        ref = states["batch"]["modules"]["policy"]
+        for name in ("accum", "ranks"):
+            other = states[name]["modules"]["policy"]
+            worst = max((ref[k] - other[k]).abs().max().item() for k in ref)
+            assert worst < 1e-5, (case, name, worst)

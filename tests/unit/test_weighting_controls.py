@@ -24,6 +24,7 @@ def _rows(parts: list[StepInputs], rows: slice) -> list[StepInputs]:
             reward=i.reward[rows],
             values=None if i.values is None else i.values[rows],
             ref_ce=None if i.ref_ce is None else i.ref_ce[rows],
+            record_ids=None if i.record_ids is None else i.record_ids[rows],
         )
         out.append(StepInputs(inputs, None if p.head_ce is None else p.head_ce[rows]))
     return out
@@ -49,6 +50,7 @@ def test_random_keep_needs_no_reference_nor_ce_and_follows_the_seed() -> None:
     w = RandomKeepWeighting(k_percent=0.5)
     assert not w.needs_reference and not w.needs_step_ce and w.needs_step_pass
     parts = [StepInputs(p.inputs) for p in step_parts(2, [(4, 10)])]  # no CE, no ref needed
+    parts[0].inputs.record_ids = torch.tensor([7, 3, 11, 5])
 
     def draw(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
@@ -56,10 +58,23 @@ def test_random_keep_needs_no_reference_nor_ce_and_follows_the_seed() -> None:
 
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
-    # the same tokens however the step is split into micro-batches
+    # the same tokens however the step is split into micro-batches, in any order
     torch.manual_seed(1)
-    split = w.step_weights(_rows(parts, slice(0, 2)) + _rows(parts, slice(2, 4)))
-    assert torch.equal(torch.cat(split), draw(1))
+    split = w.step_weights(_rows(parts, slice(2, 4)) + _rows(parts, slice(0, 2)))
+    assert torch.equal(torch.cat([split[1], split[0]]), draw(1))
+
+
+def test_uniform_scores_look_uniform_and_independent() -> None:
+    from weighted_mtp.weighting.rho1 import uniform_scores
+
+    x = uniform_scores(12345, torch.arange(2000), (2000, 16), 0)
+    assert 0 <= x.min() and x.max() < 1
+    assert abs(x.mean().item() - 0.5) < 0.01
+    for col in x.T:  # every position: about uniform
+        assert abs((col < 0.3).double().mean().item() - 0.3) < 0.05
+    other = uniform_scores(12345, torch.arange(2000), (2000, 16), 1)  # another head
+    assert abs(torch.corrcoef(torch.stack([x.flatten(), other.flatten()]))[0, 1]) < 0.02
+    assert not torch.equal(x, uniform_scores(54321, torch.arange(2000), (2000, 16), 0))
 
 
 def test_random_keep_micro_batch_scope_keeps_ceil_k_per_head() -> None:

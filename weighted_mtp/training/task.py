@@ -106,6 +106,7 @@ class Task:
             reward=batch.reward,
             values=values,
             ref_ce=self.reference(batch) if self.reference is not None else None,
+            record_ids=batch.record_ids,
         )
 
     def check_inputs(self) -> None:

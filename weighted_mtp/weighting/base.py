@@ -37,6 +37,7 @@ class WeightingInputs:
     values: [B, S] float, V(s_t) from the value head at each position (detached), or None.
     ref_ce: [B, S] float, the reference model's next-token CE of the token *at* each
         position (0 where there is none), or None.
+    record_ids: [B] long, each record's row in the dataset's index, or None.
     """
 
     targets: Tensor
@@ -44,6 +45,7 @@ class WeightingInputs:
     reward: Tensor
     values: Tensor | None = None
     ref_ce: Tensor | None = None
+    record_ids: Tensor | None = None
 
     @property
     def valid(self) -> Tensor:

@@ -178,21 +178,66 @@ class RandomKeepWeighting(Rho1Weighting):
 
     Everything else is Rho-1's: the same ``scope`` (step-wide over every micro-batch and
     rank, or per micro-batch), the same ``kept_count`` per head and step, the same
-    denominator (the kept count). No reference and no extra forward are needed. The random
-    scores come from torch's global CPU generator (seeded by ``runtime.seed``, saved in
-    checkpoints, so a resumed run keeps the same tokens as an uninterrupted one); in step
-    scope every rank draws the same scores for the gathered step, so the ranks agree.
+    denominator (the kept count). No reference and no extra forward are needed.
     Rho-1 minus this control isolates *which* tokens are kept from *how many*.
+
+    Each target's random score is a hash of (a per-call draw, its record's id, its position,
+    its head), :func:`uniform_scores`: the draw comes from torch's global CPU generator
+    (seeded by ``runtime.seed`` on every rank, saved in checkpoints, so a resumed run keeps
+    the same tokens), and a score does not depend on where the record sits in the step, so
+    one process, accumulated micro-batches and several ranks keep the same tokens.
     """
 
     needs_reference = False
     needs_step_ce = False
 
     def _micro_scores(self, k: int, ce: Tensor, ref_ce: Tensor | None) -> Tensor:
-        return torch.rand(ce.shape).to(ce.device)
+        if k == 0:
+            self._draw = _draw()
+        return uniform_scores(self._draw, self._record_ids, ce.shape, k).to(ce.device)
+
+    def weights(self, inputs: WeightingInputs) -> HeadWeightFn:
+        self._record_ids = _ids(inputs)
+        return super().weights(inputs)
 
     def _step_scores(self, part: StepInputs) -> Tensor:
-        return torch.zeros(part.inputs.targets.shape, device=part.inputs.targets.device)
+        b, s, n = part.inputs.targets.shape
+        scores = [uniform_scores(self._draw, _ids(part.inputs), (b, s), k) for k in range(n)]
+        return torch.stack(scores, dim=-1).to(part.inputs.targets.device)
 
-    def _order(self, gathered: Tensor) -> Tensor:
-        return torch.rand(gathered.shape).to(gathered.device)
+    def step_weights(
+        self, parts: list[StepInputs], info: dist.DistInfo | None = None
+    ) -> list[Tensor]:
+        self._draw = _draw()  # one per step, the same on every rank
+        return super().step_weights(parts, info)
+
+
+def _draw() -> int:
+    return int(torch.randint(0, _MASK, (1,)))
+
+
+def _ids(inputs: WeightingInputs) -> Tensor:
+    """Record ids [B] (their rows in the batch where unknown)."""
+    b = inputs.targets.shape[0]
+    ids = inputs.record_ids
+    return torch.arange(b) if ids is None else ids.cpu().long()
+
+
+_MASK = 2**31 - 1  # values stay below 2**31, so products of two fit in int64
+
+
+def _mix(x: Tensor) -> Tensor:
+    for mult in (0x5BD1E995 & _MASK, 0x27D4EB2F):
+        x = (x * mult + 0x165667B1) & _MASK
+        x = x ^ (x >> 15)
+    return x
+
+
+def uniform_scores(draw: int, record_ids: Tensor, shape: tuple[int, int], head: int) -> Tensor:
+    """Scores in [0, 1) [B, S] (float64, CPU), a hash of (draw, record id, position, head):
+    independent uniform-looking values, the same for a target wherever its record sits."""
+    b, s = shape
+    pos = torch.arange(s, dtype=torch.int64)[None, :]
+    x = _mix(torch.full((b, 1), draw, dtype=torch.int64) ^ (record_ids[:, None] & _MASK))
+    x = _mix(x ^ ((pos * 64 + head) & _MASK))
+    return x.double() / _MASK
