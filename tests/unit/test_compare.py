@@ -77,9 +77,11 @@ def test_compare_command_writes_table_plot_and_mlflow(tmp_path: Path, capsys) ->
     assert set(effects) == {"rho1", "verifiable"}
     assert effects["rho1"]["control"] == "rho1_control"
     assert effects["rho1"]["metrics"]["pass@1"]["lo"] > 0  # rho1's gain is its weighting's
-    assert effects["verifiable"]["metrics"]["pass@1"]["lo"] < 0 < effects["verifiable"][
-        "metrics"
-    ]["pass@1"]["hi"]  # same solve rate as its control: an interval around 0
+    assert (
+        effects["verifiable"]["metrics"]["pass@1"]["lo"]
+        < 0
+        < effects["verifiable"]["metrics"]["pass@1"]["hi"]
+    )  # same solve rate as its control: an interval around 0
     spec = res["speculative"]["rho1"]
     assert spec["acceptance"] == 2 / 3 and spec["tokens_per_forward"] == 2.0
     assert spec["identical_fraction"] == 1.0

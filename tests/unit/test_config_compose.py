@@ -117,3 +117,26 @@ def test_unknown_key_or_wrong_type_fails_naming_the_key(override: str, needle: s
 
 def test_yaml_1_2_float() -> None:
     assert compose(["training.learning_rate=5e-5"]).training.learning_rate == 5e-5
+
+
+def test_weighting_group_picks_a_control_and_nothing_else() -> None:
+    """``weighting=<name>`` swaps the stage's weighting (conf/weighting/) and leaves every
+    other field of the stage as it was."""
+    from omegaconf import OmegaConf
+
+    from weighted_mtp.config.loader import compose
+
+    for stage, control, target in (
+        ("verifiable", "verifiable_control", "weighted_mtp.weighting.UniformWeighting"),
+        ("rho1", "rho1_control", "weighted_mtp.weighting.RandomKeepWeighting"),
+    ):
+        own = OmegaConf.to_container(compose([f"stage={stage}"]), resolve=True)
+        ctrl = OmegaConf.to_container(
+            compose([f"stage={stage}", f"weighting={control}"]), resolve=True
+        )
+        assert ctrl["weighting"]["_target_"] == target
+        assert {k: v for k, v in own.items() if k != "weighting"} == {
+            k: v for k, v in ctrl.items() if k != "weighting"
+        }
+    rho1 = compose(["stage=rho1", "weighting=rho1_control", "training.k_percent=0.4"])
+    assert rho1.weighting.k_percent == 0.4  # the control follows the stage's k

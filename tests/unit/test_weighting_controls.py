@@ -68,7 +68,7 @@ def test_uniform_scores_look_uniform_and_independent() -> None:
     from weighted_mtp.weighting.rho1 import uniform_scores
 
     x = uniform_scores(12345, torch.arange(2000), (2000, 16), 0)
-    assert 0 <= x.min() and x.max() < 1
+    assert x.min() >= 0 and x.max() < 1
     assert abs(x.mean().item() - 0.5) < 0.01
     for col in x.T:  # every position: about uniform
         assert abs((col < 0.3).double().mean().item() - 0.3) < 0.05
@@ -148,7 +148,9 @@ def test_step_normalisation_standardises_the_whole_step() -> None:
     token = torch.zeros_like(delta)
     token[inp.response_mask] = torch.exp(z)
     # head 0's weight of the target at t is the weight of token t + 1
-    assert torch.allclose(whole[:, :-1, 0][inp.valid[:, :-1, 0]], token[:, 1:][inp.valid[:, :-1, 0]])
+    assert torch.allclose(
+        whole[:, :-1, 0][inp.valid[:, :-1, 0]], token[:, 1:][inp.valid[:, :-1, 0]]
+    )
     # one micro-batch per row gives the same weights (the statistics span the step)
     parts = _rows([StepInputs(inp)], slice(0, 1)) + _rows([StepInputs(inp)], slice(1, 2))
     assert torch.allclose(torch.cat(w.step_weights(parts)), whole, atol=1e-6)
