@@ -195,7 +195,8 @@ def table(res: dict[str, Any]) -> str:
             "-" if stage == res["baseline"] else Interval(**r["diff_to_baseline"][n]).fmt("+.3f")
             for n in names
         ]
-        cells.append(" / ".join(f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in r["val_head_ce"]))
+        ce = " / ".join(f"{m:.3f} ({lo:.3f}-{hi:.3f})" for m, lo, hi in r["val_head_ce"])
+        cells.append(ce or "-")  # the pretrained row: not trained, not validated
         lines.append("| " + " | ".join(cells) + " |")
     effects = res.get("weighting_effect", {})
     if effects:

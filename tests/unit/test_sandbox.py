@@ -81,12 +81,31 @@ def test_check_function_humaneval_style() -> None:
     test = (
         "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
     )
-    good = humaneval_program(prompt, "    return a + b\n", test, "add")
-    bad = humaneval_program(prompt, "    return a - b\n", test, "add")
-    assert check_function(good, FAST).passed
-    res = check_function(bad, FAST)
+    assert check_function(prompt + "    return a + b\n", test, "add", FAST).passed
+    res = check_function(prompt + "    return a - b\n", test, "add", FAST)
     assert not res.passed and res.first_failure is not None
-    assert "AssertionError" in res.first_failure.stderr
+    assert res.first_failure.status == "error" and "AssertionError" in res.first_failure.stderr
+    # as one plain script (records.check_program), an early exit 0 would pass
+    exits = prompt + "    raise SystemExit(0)\n"
+    assert run_program(humaneval_program("", exits, test, "add"), "", FAST).status == "ok"
+    res = check_function(exits, test, "add", FAST)
+    assert res.first_failure is not None and res.first_failure.status == "early_exit"
+
+
+def test_report_channel_needs_the_token_and_exactly_one_line() -> None:
+    """Only ``__report__`` writes a valid report; a guessed token, a second line or no
+    report at all gives ``report=None``; without ``report=True`` there is no channel."""
+    send = "r = globals().pop('__report__')\nr('pass')\n"
+    assert run_program(send, "", FAST, report=True).report == "pass"
+    assert run_program(send + "r('again')\n", "", FAST, report=True).report is None
+    forge = (
+        "import os\nfor fd in range(3, 20):\n    try:\n"
+        "        os.write(fd, b'0' * 32 + b' pass\\n')\n    except OSError:\n        pass\n"
+    )
+    res = run_program("globals().pop('__report__')\n" + forge, "", FAST, report=True)
+    assert res.status == "ok" and res.report is None
+    plain = run_program("print('__report__' in globals())", "", FAST)
+    assert plain.stdout == "False\n" and plain.report is None
 
 
 def test_hang_times_out_within_budget() -> None:

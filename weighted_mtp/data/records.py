@@ -25,9 +25,11 @@ Test format (what an evaluator runs a generated program against):
   stdin, its stdout matches ``output`` under :func:`outputs_match` (line by line,
   trailing whitespace of each line and trailing empty lines ignored). Read them with
   :func:`tests_of`.
-- HumanEval: ``metadata.humaneval = {"prompt", "test", "entry_point"}``; the program
-  to run is :func:`check_program` (prompt + completion + test + ``check(entry_point)``);
-  it passes when it exits with status 0.
+- HumanEval: ``metadata.humaneval = {"prompt", "test", "entry_point"}``; the evaluator
+  checks :func:`check_parts` (solution = prompt + completion, test, entry point) in a
+  harness that passes only when ``check(entry_point)`` returned and the function returned
+  plain data (``evaluation.checks``); :func:`check_program` is the same as one plain
+  script (prompt + completion + test + ``check(entry_point)``), for trusted code only.
 """
 
 from __future__ import annotations
@@ -240,12 +242,20 @@ def tests_of(record: Record) -> list[dict[str, str]]:
 tests_of.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
 
 
-def check_program(record: Record, completion: str) -> str:
-    """The HumanEval program for ``completion``: exits 0 iff the completion passes."""
+def check_parts(record: Record, completion: str) -> tuple[str, str, str]:
+    """``(solution, test, entry_point)`` of a HumanEval record: solution = prompt +
+    ``completion``, test = the code defining ``check``."""
     he = record.metadata.get("humaneval")
     if he is None:
         raise ValueError(f"record {record.task_id} has no HumanEval tests (metadata.humaneval)")
-    return humaneval_program(he["prompt"], completion, he["test"], he["entry_point"])
+    return he["prompt"] + completion, he["test"], he["entry_point"]
+
+
+def check_program(record: Record, completion: str) -> str:
+    """The HumanEval program for ``completion`` as one script that exits 0 iff ``check``
+    passes: trusted code only (an early exit passes too; see :func:`check_parts`)."""
+    solution, test, entry_point = check_parts(record, completion)
+    return humaneval_program("", solution, test, entry_point)
 
 
 def humaneval_program(prompt: str, completion: str, test: str, entry_point: str) -> str:

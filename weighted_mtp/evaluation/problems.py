@@ -2,7 +2,9 @@
 
 One problem = one ``metadata.problem_id`` (the processed files hold several solutions per
 problem); its tests are stdio pairs or a HumanEval check. Each distinct program of a
-problem runs once in the sandbox (:mod:`weighted_mtp.evaluation.checks`).
+problem runs once in the sandbox (:mod:`weighted_mtp.evaluation.checks`; a HumanEval
+program in its harness, where only a ``check`` that returned and plain-data return values
+can pass).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from weighted_mtp.data.records import (
     ReadStats,
     Record,
-    check_program,
+    check_parts,
     kind_of_tests,
     read_records,
     tests_of,
@@ -62,7 +64,7 @@ def load_problems(
 def score_program(problem: Problem, program: str, limits: Limits) -> CheckResult:
     """Run ``program`` against the problem's tests in the sandbox."""
     if problem.kind == "humaneval":
-        return check_function(check_program(problem.record, program), limits)
+        return check_function(*check_parts(problem.record, program), limits)
     return check_stdio(program, tests_of(problem.record), limits)
 
 

@@ -16,11 +16,24 @@ the ``PYTHONHASHSEED`` we set for reproducibility), in layers, outermost first:
 
 stdin comes from the test input, stdout/stderr go to host files read back up to a cap, the
 program's source arrives on an inherited file descriptor.
+
+Report channel (``run_program(..., report=True)``): a verdict that must not rest on the exit
+status alone. The runner draws a random token per run and hands it to the bootstrap on an
+inherited descriptor (its host file already unlinked), which reads it and closes it before the
+program is compiled; the program's globals get ``__report__(message)``, which writes
+``"<token> <message>\n"`` to a second inherited descriptor (a host file). ``ExecResult.report``
+is the message when the channel holds exactly that one line with the right token, else None:
+nothing the program prints, no exit status and no line without the token counts, so a
+program that ends early (any exit, any signal) leaves no report. The token stays in the
+program's memory (``__report__``'s defaults): the trusted part of a program pops
+``__report__`` before running untrusted code, which then cannot write a report by accident
+but can still recover the token on purpose (frames, ``gc``, ``/proc/self/mem``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -48,7 +61,8 @@ class ExecResult:
 
     ``status``: ``ok`` (exit 0), ``error`` (other exit code), ``timeout`` (wall or CPU limit),
     ``memory`` (MemoryError under RLIMIT_AS), ``blocked`` (a guard stopped it), ``killed``
-    (ended by another signal, e.g. SIGKILL/SIGSEGV/abort).
+    (ended by another signal, e.g. SIGKILL/SIGSEGV/abort). ``report``: the message of the
+    report channel (module docstring), None when not asked for or not validly written.
     """
 
     status: str
@@ -57,15 +71,25 @@ class ExecResult:
     returncode: int
     wall_time: float
     truncated: bool = False
+    report: str | None = None
 
 
 # The child's whole start-up: no import beyond what the guard needs (``json`` and the
 # ``re`` it pulls in cost as much as the interpreter's own start), so the configuration
-# arrives as plain words: argv[1] = "FD GUARDS VIOLATION_EXIT MEMORY_EXIT", argv[2] =
-# "RLIMIT_X=SOFT,HARD ...", argv[3] = the guard's source.
+# arrives as plain words: argv[1] = "FD GUARDS VIOLATION_EXIT MEMORY_EXIT TOKEN_FD REPORT_FD"
+# (-1 -1 without a report channel), argv[2] = "RLIMIT_X=SOFT,HARD ...", argv[3] = the guard's
+# source.
 _BOOTSTRAP = """\
 import os, resource, sys
-_fd, _guards, _violation, _memory = map(int, sys.argv[1].split())
+_fd, _guards, _violation, _memory, _token_fd, _report_fd = map(int, sys.argv[1].split())
+_main = {"__name__": "__main__", "__file__": "solution.py", "__builtins__": __builtins__}
+if _report_fd >= 0:
+    with os.fdopen(_token_fd, "rb") as _f:
+        _token = _f.read()
+    def _report(message, _write=os.write, _fd=_report_fd, _token=_token):
+        _write(_fd, _token + b" " + message.encode() + b"\\n")
+    _main["__report__"] = _report
+    del _token, _report
 for _item in sys.argv[2].split():
     _name, _, _pair = _item.partition("=")
     resource.setrlimit(getattr(resource, _name), tuple(map(int, _pair.split(","))))
@@ -82,7 +106,7 @@ if _guards:
     del _guard
 del _guard_source
 try:
-    exec(_code, {"__name__": "__main__", "__file__": "solution.py", "__builtins__": __builtins__})
+    exec(_code, _main)
 except MemoryError:
     os.write(2, b"MemoryError\\n")
     os._exit(_memory)
@@ -147,8 +171,19 @@ def _read_capped(path: str, cap: int) -> tuple[str, bool, bytes]:
     return data[:cap].decode("utf-8", "replace"), size > cap, tail
 
 
-def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> ExecResult:
-    """Run ``source`` as ``__main__`` with ``stdin`` in a fresh sandboxed process.
+def _authenticated(data: bytes, token: bytes) -> str | None:
+    """The message of a report channel holding exactly one ``"<token> <message>\\n"`` line."""
+    head, sep, message = data.partition(b" ")
+    if not sep or head != token or not message.endswith(b"\n") or b"\n" in message[:-1]:
+        return None
+    return message[:-1].decode("ascii", "replace")
+
+
+def run_program(
+    source: str, stdin: str = "", limits: Limits | None = None, report: bool = False
+) -> ExecResult:
+    """Run ``source`` as ``__main__`` with ``stdin`` in a fresh sandboxed process;
+    ``report``: open the report channel (module docstring).
 
     Raises IsolationUnavailable (a UserError) when ``limits.isolation`` cannot work here.
     """
@@ -157,20 +192,29 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
     iso.ensure()
     python = limits.python or iso.default_python()
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
+    token = secrets.token_hex(16).encode() if report else b""
     try:
-        files = {n: os.path.join(base, n) for n in ("stdin", "stdout", "stderr", "source")}
+        names = ("stdin", "stdout", "stderr", "source", "token", "report")
+        files = {n: os.path.join(base, n) for n in names}
         with open(files["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
         with open(files["source"], "w", encoding="utf-8") as f:
             f.write(source)
+        with open(files["token"], "wb") as f:
+            f.write(token)
         with (
             open(files["stdin"], "rb") as fin,
             open(files["stdout"], "wb") as fout,
             open(files["stderr"], "wb") as ferr,
             open(files["source"], "rb") as fsrc,
+            open(files["token"], "rb") as ftok,
+            open(files["report"], "wb") as frep,
         ):
+            os.unlink(files["token"])  # the open descriptor is its only way in
             launch = iso.launch([python, "-s", "-B", "-c", _BOOTSTRAP], base, limits.disk_mb << 20)
-            words = f"{fsrc.fileno()} {int(limits.guards)} {VIOLATION_EXIT} {MEMORY_EXIT}"
+            channel = (ftok.fileno(), frep.fileno()) if report else ()
+            words = f"{fsrc.fileno()} {int(limits.guards)} {VIOLATION_EXIT} {MEMORY_EXIT} "
+            words += " ".join(map(str, channel or (-1, -1)))
             rlimits = " ".join(
                 f"{name}={soft},{hard}"
                 for name, (soft, hard) in limits.rlimits(launch.nproc).items()
@@ -183,7 +227,8 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
                 proc = subprocess.Popen(
                     [*launch.argv, words, rlimits, GUARD_SOURCE], stdin=fin, stdout=fout,
                     stderr=ferr, cwd=launch.cwd, env=launch.env, close_fds=True,
-                    pass_fds=(fsrc.fileno(), *launch.pass_fds), start_new_session=True, **user,
+                    pass_fds=(fsrc.fileno(), *channel, *launch.pass_fds), start_new_session=True,
+                    **user,
                 )  # fmt: skip
             except BaseException:
                 iso.abandon(launch)
@@ -197,11 +242,13 @@ def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> E
         cap = limits.max_output_bytes
         out, out_trunc, _ = _read_capped(files["stdout"], cap)
         err, err_trunc, err_tail = _read_capped(files["stderr"], cap)
+        with open(files["report"], "rb") as f:
+            message = _authenticated(f.read(4096), token) if report else None
     finally:
         _remove_tree(base)
     returncode = iso.exit_status(proc.returncode)
     status = _status(returncode, timed_out, err_tail)
-    return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc)
+    return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc, message)
 
 
 def run_many(jobs: Sequence[Callable[[], T]], max_workers: int = 4) -> list[T]:

@@ -259,12 +259,11 @@ class _WeightSummary:
         if "weight_sums" not in totals:
             return
         new = totals["weight_sums"]
-        self.sums = (
-            new if self.sums is None else [a + b for a, b in zip(self.sums, new, strict=True)]
-        )
+        self.sums = [a + b for a, b in zip(self.sums or [0.0] * len(new), new, strict=True)]
         for k, v in metrics.items():
             if k.startswith("train/weight/clipped_"):
-                self.clipped[k[len("train/") :]] = self.clipped.get(k[len("train/") :], 0.0) + v
+                key = k.removeprefix("train/")
+                self.clipped[key] = self.clipped.get(key, 0.0) + v
         self.steps += 1
 
     def summary(self) -> dict[str, float]:
