@@ -198,7 +198,8 @@ def test_hydra_form_logs_to_mlflow(micro_storage: Path, tmp_path: Path):
 
 
 def test_demo_smoke(micro_storage: Path, tmp_path: Path):
-    """The demo's whole path on a tiny budget: four stages, three evaluations, outputs."""
+    """The demo's whole path on a tiny budget: every row (four stages, two controls, the
+    pretrained policy), six evaluations, outputs."""
     from weighted_mtp import demo
 
     # its own copy: the demo runs setup (which rewrites the splits) on its storage
@@ -211,13 +212,21 @@ def test_demo_smoke(micro_storage: Path, tmp_path: Path):
     argv += ["--pretrain-problems", "200", "--pretrain-steps", "40", "--reference-steps", "10"]
     assert demo.main(argv) == 0
     md = (out / "results.md").read_text()
-    for stage in ("critic", "verifiable", "baseline", "rho1"):
+    names = ["critic", "verifiable", "verifiable_control", "baseline", "rho1", "rho1_control"]
+    names.append("pretrained")
+    for stage in names:
         assert f"| {stage} |" in md
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["stage"] for r in rows] == ["critic", "verifiable", "baseline", "rho1"]
+    assert [r["stage"] for r in rows] == names
     for r in rows[1:]:
         assert 0.0 <= r["pass@1"] <= r["pass@2"] <= 1.0 and 0.0 <= r["greedy_pass@1"] <= 1.0
+    for r in rows[1:-1]:  # trained policies: their loss and weight diagnostics
         assert math.isfinite(r["val/loss"]) and r["tokens_per_s"] > 0
+        assert 0.0 <= r["weight_summary"]["weight/incorrect_share"] <= 1.0
+    by = {r["stage"]: r for r in rows}
+    assert by["verifiable_control"]["weight_summary"]["weight/mean_incorrect"] == 1.0
+    assert by["verifiable"]["bug_token_weights"]["n_records"] > 0
+    assert by["rho1"]["weight_summary"]["weight/ce_dropped"] > 0
     assert (out / "results.png").stat().st_size > 0
     timing = json.loads((out / "results.json").read_text())["timing"]
     assert timing["cpu_seconds"] > 0 and timing["wall_seconds"] >= timing["setup_seconds"]
