@@ -46,7 +46,12 @@ HELP = "compare stages over seeds: pass@k with 95-percent bootstrap intervals, p
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR")
     p.add_argument("--out", type=Path, default=None, help="output dir (default DIR/compare)")
-    p.add_argument("--baseline", default="baseline", help="stage the differences refer to")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="stage the differences refer to (default: baseline, or the first stage evaluated "
+        "when the runs have no baseline row)",
+    )
     p.add_argument("--n-boot", type=int, default=4000, help="bootstrap replicates")
     p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
     p.add_argument("--mlflow-experiment", default="compare", help="MLflow experiment name")
@@ -137,9 +142,11 @@ def head_ce(runs: list[dict[str, Any]], stage: str) -> list[tuple[float, float, 
     return out
 
 
-def compare(run_dirs: list[Path], baseline: str, n_boot: int) -> dict[str, Any]:
+def compare(run_dirs: list[Path], baseline: str | None, n_boot: int) -> dict[str, Any]:
     runs = [load_run(r) for r in run_dirs]
     stages = [s for s in runs[0] if all(s in r for r in runs)]
+    if baseline is None and stages:
+        baseline = "baseline" if "baseline" in stages else stages[0]
     if baseline not in stages:
         raise UserError(f"--baseline {baseline}: not a stage every run evaluated ({stages})")
     metrics, problems, k = score_arrays(runs, stages)

@@ -113,3 +113,14 @@ def test_compare_errors_exit_2(tmp_path: Path, capsys) -> None:
 def test_compare_needs_enough_replicates(tmp_path: Path) -> None:
     fake_run(tmp_path, 0, 0.0)
     assert main(["compare", str(tmp_path), "--n-boot", "10"]) == 2
+
+
+def test_runs_without_a_baseline_row_refer_to_their_first_stage(tmp_path: Path) -> None:
+    """A study of one stage and its control (``--rows verifiable verifiable_control``)."""
+    run = fake_run(tmp_path, 0, 0.0)
+    data = json.loads((run / "results.json").read_text())
+    data["rows"] = [r for r in data["rows"] if r["stage"] in ("verifiable", "verifiable_control")]
+    (run / "results.json").write_text(json.dumps(data))
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["baseline"] == "verifiable" and set(res["weighting_effect"]) == {"verifiable"}
