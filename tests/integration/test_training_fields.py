@@ -380,5 +380,9 @@ def test_mlflow_tracking_of_a_run(make_cfg, tmp_path) -> None:
     assert r.data.tags["stage"] == "baseline"
     assert r.data.params["training.batch_size"] == "2"
     assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 8
+    # the weight diagnostics, every step (baseline trains on correct records only)
+    shares = client.get_metric_history(r.info.run_id, "train/token/incorrect_share")
+    assert len(shares) == 8 and all(m.value == 0.0 for m in shares)
+    assert r.data.metrics["train/weight/mean_correct"] == 1.0
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.yaml", "final_checkpoint.json"} <= arts
+    assert {"config.yaml", "final_checkpoint.json", "weight_summary.json"} <= arts
