@@ -185,7 +185,8 @@ class RandomKeepWeighting(Rho1Weighting):
     its head), :func:`uniform_scores`: the draw comes from torch's global CPU generator
     (seeded by ``runtime.seed`` on every rank, saved in checkpoints, so a resumed run keeps
     the same tokens), and a score does not depend on where the record sits in the step, so
-    one process, accumulated micro-batches and several ranks keep the same tokens.
+    one process, accumulated micro-batches and several ranks keep the same tokens (a record
+    drawn twice into one step gets the same scores at both places).
     """
 
     needs_reference = False
