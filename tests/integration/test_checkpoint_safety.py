@@ -197,12 +197,15 @@ def test_checkpoints_work_from_any_directory(trained, tmp_path, monkeypatch) -> 
     monkeypatch.chdir(tmp_path)
     model, _ = ckpt.load_policy(final)
     assert model.state_dict()["output.weight"].shape[0] > 0
-    # a tree moved elsewhere: the absolute paths are gone, the relative ones still hold
+    # a tree moved elsewhere: the absolute paths are gone; the relative ones lead outside
+    # the checkpoint, so they are not followed unless the model is passed explicitly
     config = yaml.safe_load((final / "config.yaml").read_text())
     config["models"]["policy"] |= {"path": "/gone/micro-mtp", "tokenizer_path": None}
     (final / "config.yaml").write_text(yaml.safe_dump(config))
     write_manifest(final)
-    again, _ = ckpt.load_policy(final)
+    with pytest.raises(UserError, match="leads outside the checkpoint directory"):
+        ckpt.load_policy(final)
+    again, _ = ckpt.load_policy(final, model_path=stored)
     assert torch.equal(again.state_dict()["output.weight"], model.state_dict()["output.weight"])
 
 

@@ -8,10 +8,13 @@ file against the manifest before they use it (:class:`Manifest`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,14 @@ class CheckpointError(UserError):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+    """Write ``obj`` as strict JSON (a NaN or infinite number is a CheckpointError)."""
+    try:
+        text = json.dumps(obj, indent=1, allow_nan=False)
+    except ValueError as exc:  # NaN/inf: invalid JSON, never written
+        raise CheckpointError(
+            f"{path}: not written, a value is not a finite number ({exc})"
+        ) from None
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def fsync_file(path: Path) -> None:
@@ -66,31 +76,43 @@ def _payload(directory: Path) -> list[str]:
 
 
 class Manifest:
-    """The manifest of one checkpoint directory; ``path(name)`` verifies before use."""
+    """The manifest of one checkpoint directory; ``path(name)`` verifies before use.
+
+    Confinement: every name it lists is a plain file name of the directory (no separator,
+    not ``.``/``..``, not hidden), and a file is read only when it is a regular file
+    opened without following a symlink, so nothing outside the directory is ever read
+    (hard links, as ``checkpoint_best`` uses, are regular files of the directory)."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         mf = directory / MANIFEST
-        if not mf.is_file():
+        if not mf.is_file() and not mf.is_symlink():
             raise CheckpointError(
                 f"{mf}: missing, so {directory} is incomplete (a write was cut) or not a "
                 "weighted_mtp checkpoint; use another checkpoint (checkpoint.resume=auto "
                 "picks the newest valid one)"
             )
+        raw = read_confined(mf, MAX_MANIFEST_BYTES)
         try:
-            data = json.loads(mf.read_text(encoding="utf-8"))
-            self.files: dict[str, dict[str, Any]] = dict(data["files"])
-            ok = data.get("format") == FORMAT
-            version = data.get("version")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{mf}: not a valid checkpoint manifest ({exc})") from None
-        if not ok:
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            raise CheckpointError(
+                f"{mf}: not a valid checkpoint manifest (field 'files' must be an object "
+                "mapping file names to {size, sha256})"
+            )
+        if data.get("format") != FORMAT:
             raise CheckpointError(f"{mf}: not a weighted_mtp checkpoint manifest")
+        version = data.get("version")
         if version != VERSION:
             raise CheckpointError(
                 f"{mf}: checkpoint format version {version}, this weighted_mtp reads "
                 f"version {VERSION}"
             )
+        self.files: dict[str, dict[str, Any]] = {
+            name: _checked_entry(mf, name, entry) for name, entry in data["files"].items()
+        }
         self._verified: set[str] = set()
 
     def names(self, prefix: str = "", suffix: str = "") -> list[str]:
@@ -106,12 +128,12 @@ class Manifest:
         p = self.dir / name
         if name not in self._verified:
             want = self.files[name]
-            if not p.is_file():
+            if not p.is_file() and not p.is_symlink():
                 raise CheckpointError(
                     f"{p}: missing (listed in {MANIFEST}); the copy is incomplete"
                 )
-            size = p.stat().st_size
-            if size != want["size"] or sha256_file(p) != want["sha256"]:
+            size, digest = hash_confined(p, want["size"])
+            if size != want["size"] or digest != want["sha256"]:
                 raise CheckpointError(
                     f"{p}: corrupted (its {'size' if size != want['size'] else 'sha256'} does "
                     f"not match {MANIFEST}); restore it from a copy or use another checkpoint"
@@ -125,7 +147,93 @@ class Manifest:
 
     def digest(self) -> str:
         """sha256 of the manifest: one identity for the whole checkpoint."""
-        return sha256_file(self.dir / MANIFEST)
+        return hashlib.sha256(read_confined(self.dir / MANIFEST, MAX_MANIFEST_BYTES)).hexdigest()
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def plain_name(name: object) -> bool:
+    """A file name of the checkpoint directory itself: no separator, not ``.``/``..``,
+    not hidden (hidden names are temp files, never listed), no NUL."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not name.startswith(".")
+        and not any(c in name for c in ("/", "\\", "\0"))
+        and os.path.basename(name) == name
+    )
+
+
+def _checked_entry(mf: Path, name: str, entry: object) -> dict[str, Any]:
+    """A manifest entry ``files[name]`` after checking its name and fields."""
+    if not plain_name(name):
+        raise CheckpointError(
+            f"{mf}: files[{name!r}] is not a plain file name of the checkpoint directory "
+            "(a path separator, '..', an absolute or hidden name); a checkpoint only lists "
+            "its own files: this manifest was edited or crafted, use another checkpoint"
+        )
+    if not isinstance(entry, dict):
+        raise CheckpointError(
+            f"{mf}: files[{name!r}] must be an object {{size, sha256}}, got "
+            f"{type(entry).__name__}; use another checkpoint"
+        )
+    size, sha = entry.get("size"), entry.get("sha256")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise CheckpointError(
+            f"{mf}: files[{name!r}].size must be a byte count (an integer >= 0), got "
+            f"{size!r}; use another checkpoint"
+        )
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise CheckpointError(
+            f"{mf}: files[{name!r}].sha256 must be 64 lowercase hex digits, got {sha!r}; "
+            "use another checkpoint"
+        )
+    return {"size": size, "sha256": sha}
+
+
+def _open_confined(path: Path) -> int:
+    """A read-only descriptor of the regular file ``path``, its last component not
+    followed if it is a symlink (refused)."""
+    try:
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        )
+    except OSError as exc:
+        why = "a symlink, which a checkpoint never holds" if path.is_symlink() else exc.strerror
+        raise CheckpointError(
+            f"{path}: not read ({why}); a checkpoint's files are plain files of its "
+            "directory: copy the real file there or use another checkpoint"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: not a regular file; use another checkpoint")
+    return fd
+
+
+def read_confined(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (no symlink followed), at most ``limit``."""
+    fd = _open_confined(path)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise CheckpointError(f"{path}: larger than {limit} bytes, not a checkpoint file")
+    return data
+
+
+def hash_confined(path: Path, expect_size: int) -> tuple[int, str | None]:
+    """(size, sha256) of the regular file ``path`` (no symlink followed); the sha256 is
+    None, and nothing read, when the size is not ``expect_size``."""
+    fd = _open_confined(path)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != expect_size:
+            return size, None
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return size, h.hexdigest()
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from weighted_mtp import distributed as dist
+from weighted_mtp.errors import TrainingDiverged
 from weighted_mtp.models import lora
 from weighted_mtp.training.checkpoint import compat
 from weighted_mtp.training.checkpoint.files import (
@@ -41,7 +42,7 @@ from weighted_mtp.training.checkpoint.files import (
 from weighted_mtp.training.checkpoint.reader import Checkpoint, absolute_paths, relative_paths
 from weighted_mtp.training.checkpoint.rng import rng_state, set_rng_state
 from weighted_mtp.training.checkpoint.save_dir import latest_valid, prune
-from weighted_mtp.training.checkpoint.tensors import decode, encode, write_part
+from weighted_mtp.training.checkpoint.tensors import decode, dtype_kind, encode, write_part
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,19 @@ class Checkpointer:
         }
 
     def save(self, stem: str, val: dict[str, float]) -> Path:
-        """Write checkpoint ``stem`` (collective: every rank calls it)."""
+        """Write checkpoint ``stem`` (collective: every rank calls it).
+
+        A validation metric that is NaN or infinite (the same on every rank) stops the run
+        with :class:`TrainingDiverged` before anything is written."""
         info, path = self.info, self.save_dir / stem
+        bad = {k: v for k, v in val.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+            raise TrainingDiverged(
+                f"validation {shown} at step {self.step}: the model diverged, its weights are "
+                "broken, or the validation set gave no scored tokens; so "
+                f"{stem} is not written and the checkpoints in {self.save_dir} are unchanged"
+            )
         tmp = temp_dir(path)
         if info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -300,6 +312,11 @@ def _is_adapter(key: str) -> bool:
 
 
 def _into(src: torch.Tensor, target: torch.Tensor, key: str, where: Path) -> torch.Tensor:
+    if dtype_kind(src.dtype) != dtype_kind(target.dtype):
+        raise CheckpointError(
+            f"{where}: adapter tensor {key} is {src.dtype}, this run {target.dtype}; the "
+            "file's metadata was changed: use another checkpoint"
+        )
     if tuple(src.shape) != tuple(target.shape):
         raise CheckpointError(
             f"{where}: adapter tensor {key} has shape {tuple(src.shape)}, this run "

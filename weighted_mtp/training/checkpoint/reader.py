@@ -24,11 +24,11 @@ from weighted_mtp.training.checkpoint.files import (
     CONFIG,
     MANIFEST,
     STATE,
-    VERSION,
     CheckpointError,
     Manifest,
     sha256_file,
 )
+from weighted_mtp.training.checkpoint.schema import check_dtypes, check_rng, check_state
 from weighted_mtp.training.checkpoint.tensors import PartReader, decode
 
 # config fields holding paths: stored absolute, plus relative to the checkpoint
@@ -78,8 +78,7 @@ class Checkpoint:
             self.meta: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{state_file}: not valid JSON ({exc})") from None
-        if self.meta.get("version") != VERSION:
-            raise CheckpointError(f"{state_file}: format version {self.meta.get('version')}")
+        check_state(state_file, self.meta)
         if CONFIG not in self.manifest.files:
             raise CheckpointError(
                 f"{p / CONFIG}: missing; a checkpoint without its config cannot be resumed, "
@@ -137,11 +136,20 @@ class Checkpoint:
 
     def rng(self) -> dict[str, Any]:
         reader = self.part("rng")
-        return decode(self.meta["rng"], reader.full)
+        state = decode(self.meta["rng"], reader.full)
+        check_rng(self.path / STATE, state)
+        return state
 
     def config_path(self, field: str) -> str | None:
-        """A path field of the stored config: as stored (absolute) when it exists, else
-        relative to the checkpoint (a tree of storage/ moved or copied elsewhere)."""
+        """A path field of the stored config.
+
+        An absolute path (what training records) is used as stored when it exists. A path
+        relative to the checkpoint (``relative_paths`` in state.json, for a storage tree
+        moved elsewhere; or a relative value in config.yaml) is followed only when it stays
+        inside the checkpoint directory: one that leads outside it (``..``) is a
+        CheckpointError naming the field, since a copied checkpoint must not pick files
+        around wherever it was put. To use such a file, pass it explicitly (make the
+        recorded absolute path exist, e.g. a symlink, or give ``load_policy`` the path)."""
         section, _, leaf = field.rpartition(".")
         node: Any = self.config
         for k in section.split("."):
@@ -149,10 +157,36 @@ class Checkpoint:
         value = node.get(leaf) if isinstance(node, dict) else None
         if not value:
             return None
-        rel = self.meta.get("relative_paths", {}).get(field)
-        if not Path(value).exists() and rel and (self.path / rel).exists():
-            return os.path.normpath(self.path / rel)
-        return value
+        if not isinstance(value, str):
+            raise CheckpointError(
+                f"{self.path / CONFIG}: {field} must be a path (a string), got "
+                f"{type(value).__name__}"
+            )
+        if Path(value).is_absolute():
+            if Path(value).exists():
+                return value
+            rel = self.meta.get("relative_paths", {}).get(field)
+            if not rel or not (self.path / rel).exists():
+                return value  # missing: the caller names it
+            where = f"{self.path / STATE}: relative_paths.{field}={rel!r}"
+            target = self.path / rel
+        else:
+            where, target = f"{self.path / CONFIG}: {field}={value!r}", self.path / value
+        inside = os.path.normpath(target)
+        if not _within(self.path, inside):
+            raise CheckpointError(
+                f"{where} leads outside the checkpoint directory ({inside}), so it is not "
+                f"followed; {field} as recorded ({value}) does not exist. Pass the file "
+                "explicitly: put it at the recorded absolute path (a symlink will do)"
+                + (" or give load_policy(model_path=...)" if field.startswith("models.") else "")
+            )
+        return inside
+
+
+def _within(root: Path, path: str) -> bool:
+    """``path`` (normalised) is ``root`` or below it, symlinks resolved."""
+    base = os.path.realpath(root)
+    return os.path.commonpath([base, os.path.realpath(path)]) == base
 
 
 def _section(cfg: dict[str, Any], field: str) -> tuple[dict[str, Any] | None, str]:
@@ -219,7 +253,12 @@ def load_value_head(path: str | Path) -> ValueHead:
             f"{p} is a {ck.stage} checkpoint without a value head: point "
             "experiment.critic_checkpoint at a critic checkpoint (e.g. checkpoint_best)"
         )
-    head = ValueHead(**ck.meta["value_head_config"])
+    try:
+        head = ValueHead(**ck.meta["value_head_config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{p / STATE}: field 'value_head_config' is not a value head's config ({exc})"
+        ) from None
     sd = ck.modules("value_head").get("value_head", {})
     try:
         head.load_state_dict(sd)
@@ -228,14 +267,21 @@ def load_value_head(path: str | Path) -> ValueHead:
     return head
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu", merge: bool = True):
+def load_policy(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    merge: bool = True,
+    model_path: str | Path | None = None,
+    tokenizer_path: str | Path | None = None,
+):
     """The policy of a training checkpoint, with its tokenizer: (model, tokenizer).
 
     The base model comes from the checkpoint's ``models.policy`` config; a checkpoint
     that trained the policy (baseline, verifiable, rho1) overrides its weights, or, with
     LoRA, adds its adapters: merged into the base weights (``merge``, a plain
     :class:`MTPTransformer`) or as peft layers. A Meta directory or safetensors checkpoint
-    is loaded as it is.
+    is loaded as it is. ``model_path`` / ``tokenizer_path``: the base model and tokenizer
+    given explicitly, instead of the checkpoint's (see :meth:`Checkpoint.config_path`).
     """
     from weighted_mtp.models.formats import check_state_dict, load_model
     from weighted_mtp.models.tokenizer import load_tokenizer, policy_tokenizer_path
@@ -245,7 +291,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", merge: boo
         tok_dir = p / "tokenizer" if (p / "tokenizer").exists() else p
         return load_model(p, device=device), load_tokenizer(tok_dir)
     ck = Checkpoint(p)
-    model_path = ck.config_path("models.policy.path")
+    model_path = str(model_path) if model_path else ck.config_path("models.policy.path")
     if not model_path or not Path(model_path).exists():
         raise CheckpointError(
             f"{p}: its base model models.policy.path={model_path!r} does not exist (nor "
@@ -255,6 +301,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", merge: boo
     model = load_model(model_path, policy["dtype"], device)
     trained = ck.modules("policy").get("policy")
     if trained is not None:
+        check_dtypes(trained, model.state_dict(), ck.path / "weights.safetensors", "policy.")
         check_state_dict(trained, model.args, str(ck.manifest.path("state.json").parent))
         model.load_state_dict(trained)
     adapter = ck.adapter()
@@ -268,5 +315,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", merge: boo
             raise CheckpointError(f"{p}: {exc}") from None
         if merge:
             model = tuner.merge_and_unload()
-    tok = policy_tokenizer_path(model_path, ck.config_path("models.policy.tokenizer_path"))
+    tok_path = str(tokenizer_path) if tokenizer_path else None
+    tok = policy_tokenizer_path(
+        model_path, tok_path or ck.config_path("models.policy.tokenizer_path")
+    )
     return model, load_tokenizer(tok)

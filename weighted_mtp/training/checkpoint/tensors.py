@@ -108,19 +108,25 @@ class PartReader:
             raise CheckpointError(f"{manifest.dir}: no {part} tensors ({part}*.safetensors)")
         # key -> [(file, global shape, offsets, local shape)]
         self.where: dict[str, list[tuple[Path, list[int], list[int], list[int]]]] = {}
+        self.dtypes: dict[str, str] = {}  # key -> safetensors dtype (F32, I64, ...)
         for name in names:
             path = manifest.path(name)
             try:
                 with safe_open(str(path), framework="pt") as f:
                     chunks = json.loads((f.metadata() or {}).get("chunks", "{}"))
+                    if not isinstance(chunks, dict):
+                        raise CheckpointError(f"{path}: metadata 'chunks' must be an object")
                     for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                        shape = list(f.get_slice(key).get_shape())
+                        sl = f.get_slice(key)
+                        shape = list(sl.get_shape())
+                        self.dtypes[key] = sl.get_dtype()
                         c = chunks.get(key, {"shape": shape, "offsets": [0] * len(shape)})
-                        self.where.setdefault(key, []).append(
-                            (path, c["shape"], c["offsets"], shape)
-                        )
+                        glob, off = _checked_chunk(path, key, c, shape)
+                        self.where.setdefault(key, []).append((path, glob, off, shape))
             except (SafetensorError, ValueError, OSError) as exc:
                 raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        for key, found in self.where.items():
+            _check_cover(part, key, found)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.where)
@@ -131,6 +137,7 @@ class PartReader:
 
     def into(self, key: str, target: Tensor) -> Tensor:
         """Fill ``target`` (a tensor or a DTensor of this run) with the saved ``key``."""
+        self._check_dtype(key, target.dtype)
         if isinstance(target, DTensor):
             chunk = target.__create_chunk_list__()[0]
             local = target.to_local()
@@ -145,6 +152,18 @@ class PartReader:
                 f"{tuple(target.shape)} (another model shape)"
             )
         return src
+
+    def _check_dtype(self, key: str, dtype: torch.dtype) -> None:
+        """The saved tensor is of the target's kind (float, integer, bool): a float tensor
+        relabelled as integers (same bytes) is refused, not cast into garbage."""
+        saved = _DTYPES.get(self.dtypes.get(key, ""))
+        if saved is None and key in self.dtypes:
+            raise CheckpointError(f"{self.part} tensor {key}: unknown dtype {self.dtypes[key]}")
+        if saved is not None and dtype_kind(saved) != dtype_kind(dtype):
+            raise CheckpointError(
+                f"{self.part} tensor {key}: checkpoint dtype {self.dtypes[key]}, this run "
+                f"{dtype}; the file's metadata was changed: use another checkpoint"
+            )
 
     def _check_shape(self, key: str, shape: list[int]) -> None:
         if key not in self.where:
@@ -185,6 +204,55 @@ class PartReader:
         if out is None or filled != math.prod(sizes):
             raise CheckpointError(f"{self.part} tensor {key}: the saved chunks do not cover it")
         return out
+
+
+_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+    "U16": torch.uint16, "I32": torch.int32, "U32": torch.uint32, "I64": torch.int64,
+    "U64": torch.uint64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+    "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+MAX_DIMS = 8
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else "integer"
+
+
+def _checked_chunk(path: Path, key: str, c: Any, local: list[int]) -> tuple[list[int], list[int]]:
+    """(global shape, offsets) of the chunk ``key`` of ``path`` after checking its
+    ``chunks`` record: lists of integers >= 0 of the tensor's rank, the chunk inside."""
+    shape = c.get("shape") if isinstance(c, dict) else None
+    off = c.get("offsets") if isinstance(c, dict) else None
+    ok = (
+        isinstance(shape, list)
+        and isinstance(off, list)
+        and len(shape) == len(off) == len(local) <= MAX_DIMS
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape + off)
+        and all(o + n <= s for o, n, s in zip(off, local, shape, strict=True))
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{path}: metadata chunks[{key!r}] must be {{shape, offsets}} of {len(local)} "
+            f"integers >= 0 holding its {local} chunk, got {json.dumps(c)[:120]}; use "
+            "another checkpoint"
+        )
+    return shape, off
+
+
+def _check_cover(part: str, key: str, found: list[tuple[Path, list[int], list[int], list[int]]]):
+    """All chunks of ``key`` agree on its global shape and, together, hold exactly as many
+    elements: a record claiming a larger tensor is refused before anything is allocated."""
+    shape = found[0][1]
+    held = sum(math.prod(local) for *_, local in found)
+    if any(g != shape for _, g, _, _ in found) or held != math.prod(shape):
+        raise CheckpointError(
+            f"{part} tensor {key}: its chunks in {sorted({str(f[0].name) for f in found})} "
+            f"claim a {shape} tensor but hold {held} elements (metadata 'chunks'); use "
+            "another checkpoint"
+        )
 
 
 def _is_part_file(name: str, part: str) -> bool:
