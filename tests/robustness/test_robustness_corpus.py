@@ -391,12 +391,107 @@ CHECKPOINTS: dict[str, Case] = {
     ),
 }
 
+
+def _with(*ovs: Callable[[Env], str], cmd: str = "validate-config", expect: list[str]) -> Case:
+    """A case whose overrides depend on the env's files (``ovs`` build them)."""
+
+    def case(e: Env) -> tuple[list[str], list[str]]:
+        argv = [cmd, "--config", str(e.config)]
+        for o in ovs:
+            argv += ["--override", o(e)]
+        return argv, [x.format(config=e.config) for x in expect]
+
+    return case
+
+
+def _train_path(e: Env) -> str:
+    return yaml.safe_load(e.config.read_text())["dataset"]["train"]
+
+
+def _short_context_model(e: Env) -> str:
+    """The micro policy with ``max_seq_len: 32`` in its params.json (weights linked)."""
+    src = Path(yaml.safe_load(e.config.read_text())["models"]["policy"]["path"])
+    dst = e.root / "in" / "short-context"
+    if not dst.exists():
+        dst.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.name != "params.json":
+                (dst / f.name).symlink_to(f)
+        params = json.loads((src / "params.json").read_text())
+        (dst / "params.json").write_text(json.dumps(params | {"max_seq_len": 32}))
+    return f"models.policy.path={dst}"
+
+
+_BOMB = (
+    "a: &a ["
+    + ",".join(["lol"] * 9)
+    + "]\n"
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n"
+        for i in range(8)
+    )
+)
+
+INPUTS: dict[str, Case] = {
+    "name_traversal": override(
+        "experiment.name=../../../../x",
+        expect=["experiment.name = '../../../../x'", "path separator", "Fix:"],
+    ),
+    "name_dotdot": override("experiment.name=..", expect=["experiment.name = '..'", "Fix:"]),
+    "name_long": override(
+        "experiment.name=" + "a" * 300, expect=["experiment.name", "300 bytes long (at most 200)"]
+    ),
+    "seed_huge": override(
+        f"runtime.seed={2**70}", expect=[f"runtime.seed = {2**70}", "0 <= seed <= 2**32-1"]
+    ),
+    "seed_negative": override("data_sampling.seed=-1", expect="data_sampling.seed = -1"),
+    "max_length_huge": override(
+        "dataset.max_length=1000000000000", expect="dataset.max_length = 1000000000000"
+    ),
+    "max_length_context": _with(
+        _short_context_model,
+        expect=["dataset.max_length = 64", "max_seq_len 32", "dataset.max_length=32"],
+    ),
+    "validation_is_train": _with(
+        lambda e: f"dataset.validation={_train_path(e)}",
+        expect=["dataset.validation", "is the training file"],
+    ),
+    "save_dir_under_file": _with(
+        lambda e: f"checkpoint.save_dir={e.config}/run",
+        expect=["checkpoint.save_dir", "{config} is a file, not a directory"],
+    ),
+    # checked before training starts, not at the final save
+    "train_save_dir_under_file": _with(
+        lambda e: f"checkpoint.save_dir={e.config}/run",
+        cmd="train",
+        expect=["checkpoint.save_dir", "is a file, not a directory"],
+    ),
+    "yaml_duplicate_key": config_file(
+        "dup.yaml",
+        lambda e: e.config.read_text() + "experiment:\n  name: again\n",
+        ["{file}:", "duplicate key 'experiment' (first at line"],
+    ),
+    "yaml_duplicate_nested": config_file(
+        "dup2.yaml",
+        lambda e: "training:\n  batch_size: 2\n  batch_size: 4\n",
+        ["{file}:3: duplicate key 'batch_size' (first at line 2)"],
+    ),
+    "yaml_alias_bomb": config_file("bomb.yaml", lambda e: _BOMB, ["{file}: expands to"]),
+    "yaml_recursive_alias": config_file(
+        "rec.yaml", lambda e: "a: &x [*x]\n", ["{file}:1: a recursive YAML alias"]
+    ),
+    "yaml_too_big": config_file(
+        "big.yaml", lambda e: "# " + "x" * (2 << 20) + "\n", ["{file}:", "more than a config"]
+    ),
+}
+
 CORPUS: dict[str, Case] = {
     **{f"override-{k}": v for k, v in CONFIG_OVERRIDES.items()},
     **{f"file-{k}": v for k, v in CONFIG_FILES.items()},
     **{f"data-{k}": v for k, v in DATA.items()},
     **{f"train-{k}": v for k, v in TRAINING.items()},
     **{f"checkpoint-{k}": v for k, v in CHECKPOINTS.items()},
+    **{f"input-{k}": v for k, v in INPUTS.items()},
 }
 
 

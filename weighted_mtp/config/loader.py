@@ -37,6 +37,12 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}. Fix: pass an existing --config FILE")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(
+            f"{path}: {size} bytes, more than a config file can be ({MAX_CONFIG_BYTES} bytes). "
+            "Fix: pass the flat config (python -m weighted_mtp.cli --cfg job prints one)"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -47,7 +53,7 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
             "save the config as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -65,6 +71,74 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
         raise UserError(f"{where}: {key}: {_first_line(exc)}") from None
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a flat config is a few KB
+MAX_YAML_NODES = 100_000  # nodes once aliases are expanded (a config has a few hundred)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_nodes(root: yaml.Node, path: Path) -> int:
+    """Refuse duplicate keys (YAML says they are an error; PyYAML keeps the last one) and
+    return the node count with every alias expanded, computed without expanding (memoised
+    per node), so a 'billion laughs' document is refused at once; a recursive alias is
+    refused too."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        line = node.start_mark.line + 1
+        if id(node) in active:
+            raise UserError(f"{path}:{line}: a recursive YAML alias. Fix: write the value out")
+        active.add(id(node))
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                children += [key, value]
+                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                    continue  # '<<: *base' keys may be overridden
+                here, ident = key.start_mark.line + 1, (key.tag, key.value)
+                if ident in seen:
+                    first = seen[ident]
+                    raise UserError(
+                        f"{path}:{here}: duplicate key {key.value!r} (first at line {first}); "
+                        "YAML keeps only the last one. Fix: keep one of them"
+                    )
+                seen[ident] = here
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1 + sum(size(ch) for ch in children)
+        active.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def safe_load(text: str, path: Path) -> object:
+    """``yaml.safe_load`` refusing duplicate keys, recursive aliases and alias expansion
+    past :data:`MAX_YAML_NODES` (a :class:`UserError` naming the file and line)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _check_nodes(node, path)
+        if n > MAX_YAML_NODES:
+            raise UserError(
+                f"{path}: expands to {n} YAML nodes through its aliases (*name), more than "
+                f"{MAX_YAML_NODES}. Fix: write the config without nested aliases"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply. Fix: flatten the config") from None
+    finally:
+        loader.dispose()
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from weighted_mtp.config import CONF_DIR, checks, rules
+from weighted_mtp.config import CONF_DIR, checks, inputs, rules
 from weighted_mtp.errors import UserError
 
 REQUIRED = (
@@ -127,6 +127,9 @@ def validate(
     checks.finite(c)
     checks.targets(c)
     rules.ranges(c)
+    inputs.names(c)
+    inputs.seeds(c)
+    inputs.max_length_cap(c)
     rules.stage_fields(c, stage)
     rules.curriculum(c)
     rules.weighting(c)
@@ -141,6 +144,7 @@ def validate(
             c.path("models.reference.path", "reference model")
         if stage == "verifiable":
             c.path("experiment.critic_checkpoint", "critic checkpoint")
+        inputs.paths(c)
     if plan and not c.problems and c.get("runtime.gpu_memory_gb") is not None:
         rules.plan(c)
     if c.problems:
