@@ -117,6 +117,27 @@ def storage_overrides(root: Path) -> list[str]:
     ]
 
 
+def two_step_baseline(root: Path, save_dir: Path):
+    """A 2-step baseline config on the micro assets under ``root``, saving to ``save_dir``
+    (the module-scoped runs whose checkpoint the robustness and schema tests tamper with)."""
+    from weighted_mtp.config.loader import compose
+
+    return compose(
+        [
+            "stage=baseline",
+            "profile=local",
+            *storage_overrides(root),
+            "data_sampling.n_samples=4",
+            "training.n_epochs=1",
+            "training.batch_size=2",
+            "training.eval_samples=2",
+            "dataset.max_length=64",
+            "checkpoint.save_checkpoint_every=0",
+            f"checkpoint.save_dir={save_dir}",
+        ]
+    )
+
+
 @pytest.fixture
 def make_cfg(micro_storage: Path, tmp_path: Path):
     """``make_cfg(stage, *overrides)``: a small local-profile config on the micro assets,

@@ -16,7 +16,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import storage_overrides
+from tests.conftest import two_step_baseline
 from weighted_mtp.__main__ import main
 from weighted_mtp.errors import TrainingDiverged, UserError, report
 from weighted_mtp.training import checkpoint as ckpt
@@ -28,23 +28,9 @@ from weighted_mtp.training.checkpoint.manager import Checkpointer
 def final(micro_storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid checkpoint_final of a 2-step baseline run (read-only: tests copy it)."""
     from weighted_mtp import app
-    from weighted_mtp.config.loader import compose
 
     root = tmp_path_factory.mktemp("schema")
-    cfg = compose(
-        [
-            "stage=baseline",
-            "profile=local",
-            *storage_overrides(micro_storage),
-            "data_sampling.n_samples=4",
-            "training.n_epochs=1",
-            "training.batch_size=2",
-            "training.eval_samples=2",
-            "dataset.max_length=64",
-            "checkpoint.save_checkpoint_every=0",
-            f"checkpoint.save_dir={root / 'run'}",
-        ]
-    )
+    cfg = two_step_baseline(micro_storage, root / "run")
     app.run(cfg)
     return root / "run" / "checkpoint_final"
 

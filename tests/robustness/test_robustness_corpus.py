@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, storage_overrides
+from tests.conftest import REPO, storage_overrides, two_step_baseline
 from weighted_mtp.__main__ import main
 from weighted_mtp.training.checkpoint.files import write_manifest
 
@@ -75,23 +75,9 @@ def env(micro_storage: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
     from omegaconf import OmegaConf
 
     from weighted_mtp import app
-    from weighted_mtp.config.loader import compose
 
     root = tmp_path_factory.mktemp("robust")
-    cfg = compose(
-        [
-            "stage=baseline",
-            "profile=local",
-            *storage_overrides(micro_storage),
-            "data_sampling.n_samples=4",
-            "training.n_epochs=1",
-            "training.batch_size=2",
-            "training.eval_samples=2",
-            "dataset.max_length=64",
-            "checkpoint.save_checkpoint_every=0",
-            f"checkpoint.save_dir={root / 'run'}",
-        ]
-    )
+    cfg = two_step_baseline(micro_storage, root / "run")
     config = root / "base.yaml"
     config.write_text(OmegaConf.to_yaml(cfg))
     app.run(cfg)

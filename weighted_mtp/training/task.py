@@ -59,9 +59,11 @@ class Task:
         self, model: MTPTransformer, batches: list[Batch], info: DistInfo | None = None
     ) -> None:
         """Once per optimizer step, before :func:`denominators` and the micro-steps (under
-        the step's autocast): a weighting with ``needs_step_pass`` sees the policy's
-        per-token CE of every micro-batch (one no-grad forward each) and fixes the
-        weights of the whole step (e.g. Rho-1's step-wide top-k, all ranks together)."""
+        the step's autocast): a weighting with ``needs_step_pass`` sees every micro-batch
+        and fixes the weights of the whole step (e.g. Rho-1's step-wide top-k, all ranks
+        together). The trunk runs (no grad) only for what the weighting asks for: the
+        policy's per-token CE (``needs_step_ce``) or the value head's values
+        (``needs_values``); rho1_control needs neither."""
         self.step_weights = {}
         w = self.weighting
         if w is None or not w.needs_step_pass:
@@ -71,11 +73,12 @@ class Task:
         with torch.no_grad():
             for b in batches:
                 targets = self.targets(b, n)
-                h = model.trunk(b.input_ids, b.attention_mask)
-                values = None
-                if w.needs_values and self.value_head is not None:
+                values = ce = None
+                want_values = w.needs_values and self.value_head is not None
+                if want_values or w.needs_step_ce:
+                    h = model.trunk(b.input_ids, b.attention_mask)
+                if want_values:
                     values = self.value_head(h).float()
-                ce = None
                 if w.needs_step_ce:
                     ce = mtp_loss(
                         model, h, b.attention_mask, targets, backward=False, return_token_ce=True

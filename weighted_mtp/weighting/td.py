@@ -85,6 +85,7 @@ def _last_true(mask: Tensor) -> Tensor:
 
 class TDErrorWeighting(Weighting):
     needs_values = True
+    needs_step_ce = False  # its step pass (advantage_norm=step) needs values only
 
     config_fields = {
         "beta": "training.beta",
@@ -115,7 +116,6 @@ class TDErrorWeighting(Weighting):
         self.beta, self.gamma, self.lam = beta, gamma, lam
         self.clip_min, self.clip_max = clip_min, clip_max
         self.needs_step_pass = normalize == "step"
-        self.needs_step_ce = False
         self._stats: dict[str, float] = {}
 
     def advantages(self, inputs: WeightingInputs) -> Tensor:
