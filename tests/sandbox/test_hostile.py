@@ -2,8 +2,10 @@
 
 Each program attacks the evaluator the way generated code could: kill it, read its
 environment or root's files, write outside its work dir, leave processes running, reach
-a TCP listener on 127.0.0.1, exhaust memory / disk / descriptors / threads, flood stdout,
-ignore SIGTERM. The programs use the known bypasses of the Python-level guard (its saved
+a TCP listener on 127.0.0.1, exhaust memory / disk / descriptors / threads / inodes, hold
+memory RLIMIT_AS does not count (memfd, SysV IPC), flood stdout or stderr, ignore SIGTERM,
+reach the session keyring, ptrace the namespace's init, lock or watch the shared /usr, fake
+a verdict on stderr. The programs use the known bypasses of the Python-level guard (its saved
 originals, a fresh ``posix`` / ``_posixsubprocess`` / ``ctypes``, C extensions), so what
 stops them is the OS layer. For every program, run in this (the evaluator's) process:
 
@@ -50,6 +52,13 @@ EXPECTED_STATUS = {
     "cpu_spin": {"timeout"},
     "ignore_sigterm": {"timeout"},
     "flood_stdout": {"error"},  # EFBIG at RLIMIT_FSIZE (Python ignores SIGXFSZ)
+    "flood_stderr": {"ok"},  # a stderr pipe: cut to its tail, not a failure
+    "fake_memory_error": {"error"},  # the verdict comes from the exit code, not stderr
+    "keyring_access": {"ok"},
+    "ptrace_init": {"ok"},
+    "watch_shared_files": {"ok"},
+    "hold_memory": {"ok"},
+    "fill_inodes": {"ok"},
 }
 
 
@@ -201,6 +210,42 @@ def test_attacks_fail_for_the_right_reason(outcomes: dict[str, Outcome]) -> None
     assert disk and int(disk[1]) <= LIMITS.disk_mb << 20
     flood = outcomes["flood_stdout"].result
     assert flood.truncated and len(flood.stdout) == LIMITS.max_output_bytes
+    err_flood = outcomes["flood_stderr"].result
+    assert err_flood.stdout == "answer 42\n" and not err_flood.truncated
+    assert err_flood.stderr_truncated and len(err_flood.stderr) == LIMITS.max_output_bytes
+
+
+def test_seccomp_denies_keyrings_tracing_and_watching(outcomes: dict[str, Outcome]) -> None:
+    """The calls the seccomp filter denies fail with EPERM; the init's /proc is covered."""
+    keys = _out(outcomes, "keyring_access")
+    for call in ("keyctl", "keyctl_read", "add_key", "request_key"):
+        assert f"{call} refused EPERM" in keys, keys
+    assert "ALLOWED" not in keys and "proc_keys 0 lines" in keys
+    trace = _out(outcomes, "ptrace_init")
+    assert "ATTACHED" not in trace and "OPENED" not in trace and "READ" not in trace, trace
+    assert trace.count("ptrace") == 4 and trace.count("refused 1") == 5  # EPERM
+    assert trace.count("refused 2") == 3  # /proc/1 is an empty tmpfs: no such file
+    watch = _out(outcomes, "watch_shared_files")
+    for what in ("flock refused 1", "inotify_init1 refused 1", "dnotify refused 1"):
+        assert what in watch, watch
+
+
+def test_memory_outside_rlimit_as_is_bounded(outcomes: dict[str, Outcome]) -> None:
+    """memfd, SysV shm / msg, /dev/shm, /tmp: nothing held; /work: its size."""
+    held = dict(re.findall(r"^(\S+) held (\d+)$", _out(outcomes, "hold_memory"), re.M))
+    assert all(held[k] == "0" for k in ("memfd", "shm", "msg", "/dev/shm", "/tmp")), held
+    assert int(held["/work"]) <= LIMITS.disk_mb << 20
+    assert int(held["anonymous"]) <= LIMITS.memory_mb << 20
+
+
+def test_work_dir_inodes_are_bounded(outcomes: dict[str, Outcome]) -> None:
+    """As root the work dir is a host tmpfs with nr_inodes=max_inodes (workfs.py);
+    otherwise bwrap's tmpfs bounds only bytes, and the count is bounded by the timeout."""
+    created = int(re.search(r"created (\d+)", _out(outcomes, "fill_inodes"))[1])
+    if os.geteuid() == 0:
+        assert created < LIMITS.max_inodes and "No space left" in _out(outcomes, "fill_inodes")
+    else:
+        assert created <= 300000
 
 
 def test_evaluator_killed_mid_run_leaves_nothing(tmp_path: Path) -> None:

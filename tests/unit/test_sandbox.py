@@ -416,3 +416,110 @@ def test_prepare_synthetic_uses_the_sandbox(
     assert main([*argv, "--out", str(tmp_path / "other")]) == 2
     assert "bwrap is not installed" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_stderr_flood_does_not_fail_a_correct_program() -> None:
+    """stderr is a pipe cut to its last ``max_output_bytes``: beyond RLIMIT_FSIZE, no EFBIG."""
+    src = "import sys\nfor _ in range(20):\n    sys.stderr.write('e' * (1 << 20))\nprint(input())\n"
+    res = check_stdio(src, [{"input": "7", "output": "7"}], Limits(timeout_s=20.0))
+    assert res.passed
+    run = run_program(src + "sys.stderr.write('END')\n", "7", Limits(timeout_s=20.0))
+    assert run.status == "ok" and not run.truncated and run.stderr_truncated
+    assert len(run.stderr) == Limits().max_output_bytes and run.stderr.endswith("eEND")
+
+
+@pytest.mark.parametrize("limits", [FAST, UNISOLATED])
+def test_status_comes_from_the_exit_not_from_stderr(limits: Limits) -> None:
+    res = run_program("import sys\nsys.stderr.write('MemoryError\\n')\nsys.exit(1)", "", limits)
+    assert res.status == "error" and res.returncode == 1 and "MemoryError" in res.stderr
+    res = run_program("import sys\nsys.stderr.write('MemoryError\\n')\n", "", limits)
+    assert res.status == "ok"
+    res = run_program("x = 'a' * (1 << 40)\n", "", limits)  # a real one still is
+    assert res.status == "memory"
+
+
+def test_bwrap_and_isolation_do_not_import_each_other() -> None:
+    """The shared piece lives in sandbox/base.py: no cycle between bwrap and isolation."""
+    import ast
+
+    def imports(module: str) -> set[str]:
+        path = Path(isolation.__file__).with_name(f"{module}.py")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+        return found
+
+    assert "weighted_mtp.sandbox.isolation" not in imports("bwrap")
+    assert "weighted_mtp.sandbox.base" in imports("bwrap")
+    assert not any(m.startswith("weighted_mtp.sandbox.isolation") for m in imports("base"))
+    assert not any(m.startswith("weighted_mtp.sandbox.bwrap") for m in imports("base"))
+
+
+def _run_bpf(prog: bytes, nr: int, arch: int, arg1: int = 0) -> int:
+    """A classic-BPF interpreter for the few instructions seccomp.program() emits."""
+    import struct
+
+    data = struct.pack("=iIQ6Q", nr, arch, 0, 0, arg1, 0, 0, 0, 0)
+    insns = [struct.unpack("=HBBI", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+        elif code in (0x15, 0x35):
+            hit = acc == k if code == 0x15 else acc >= k
+            pc += jt if hit else jf
+        elif code == 0x06:
+            return k
+        pc += 1
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_filter_denies_the_list_and_allows_the_rest(machine: str) -> None:
+    from weighted_mtp.sandbox import seccomp
+
+    prog = seccomp.program(machine)
+    assert prog is not None and seccomp.program("sparc") is None
+    arch, numbers = seccomp.TABLES[machine]
+    deny, allow = seccomp.RET_ERRNO | 1, seccomp.RET_ALLOW
+    denied = {numbers[n] for n in seccomp.DENIED if n in numbers}
+    assert {"keyctl", "add_key", "request_key", "ptrace", "memfd_create", "shmget"} <= set(
+        n for n in seccomp.DENIED if n in numbers
+    )
+    for nr in range(460):
+        want = deny if nr in denied else allow
+        assert _run_bpf(prog, nr, arch) == want, (machine, nr)
+    assert _run_bpf(prog, numbers["fcntl"], arch, seccomp.F_NOTIFY) == deny
+    assert _run_bpf(prog, numbers["fcntl"], arch, 2) == allow  # F_SETFD
+    assert _run_bpf(prog, 39, 0x40000003) == deny  # i386 int 0x80 from a 64-bit process
+    if machine == "x86_64":
+        assert _run_bpf(prog, seccomp.X32_SYSCALL_BIT | 39, arch) == deny
+
+
+def test_work_mounts_of_a_dead_evaluator_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root each run's /work is a host tmpfs (size + nr_inodes); one left mounted by an
+    evaluator that died is unmounted by the next; a live evaluator's is left alone."""
+    from weighted_mtp.sandbox import workfs
+
+    live = workfs.mount_work(1 << 20, 64, isolation.SANDBOX_UID)
+    if live is None:
+        pytest.skip("this evaluator cannot mount (not root): bwrap's --size tmpfs is used")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    monkeypatch.setattr(os, "getpid", lambda: dead.pid)
+    orphan = workfs.mount_work(1 << 20, 64, isolation.SANDBOX_UID)
+    monkeypatch.undo()
+    assert orphan is not None
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert f" {orphan} " in mounts and "nr_inodes=64" in mounts
+        workfs.sweep()
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert f" {orphan} " not in mounts and not os.path.exists(orphan)
+        assert f" {live} " in mounts
+    finally:
+        workfs.unmount_work(live)
+        workfs.unmount_work(orphan)
+    assert f" {live} " not in Path("/proc/self/mountinfo").read_text()

@@ -3,8 +3,10 @@
 The command line built here: ``--unshare-all --unshare-user --disable-userns``
 (new PID/network/mount/IPC/UTS/cgroup/user namespaces, no nested ones),
 ``--die-with-parent --new-session --clearenv``, ``/usr`` and the interpreter's prefix
-read-only, private ``/proc`` and ``/dev``, a size-capped tmpfs ``/work``, then ``/`` and
-``/dev`` remounted read-only. As root we drop to ``nobody`` before exec'ing bwrap.
+read-only, private ``/proc`` (its ``/proc/1``, the init's entry, covered by an empty
+read-only tmpfs) and ``/dev``, a tmpfs ``/work`` capped in bytes (and, as root, in inodes:
+``workfs.py``), then ``/`` and ``/dev`` remounted read-only, and ``--seccomp`` with the deny
+list of ``seccomp.py``. As root we drop to ``nobody`` before exec'ing bwrap.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import sys
 import threading
 from pathlib import Path
 
-from weighted_mtp.sandbox.isolation import (
+from weighted_mtp.sandbox import seccomp, workfs
+from weighted_mtp.sandbox.base import (
     PATH,
     SANDBOX_UID,
     WORK_DIR,
@@ -50,6 +53,25 @@ def _read_child_pid(fd: int, timeout: float = 30.0) -> int | None:
             except (KeyError, TypeError):
                 return None
     return None
+
+
+def _seccomp_fd() -> int | None:
+    """The read end of a pipe holding the seccomp filter (``bwrap --seccomp`` reads it to
+    its end), or None on a machine without a syscall table in ``seccomp.py``."""
+    prog = _filter()
+    if prog is None:
+        return None
+    read, write = os.pipe()
+    try:
+        os.write(write, prog)  # a few hundred bytes: well within the pipe's buffer
+    finally:
+        os.close(write)
+    return read
+
+
+@functools.cache
+def _filter() -> bytes | None:
+    return seccomp.program()
 
 
 def _is_namespace_init(pid: int) -> bool:
@@ -116,7 +138,9 @@ class BwrapIsolation(Isolation):
             args += ["--ro-bind", prefix, prefix]
         return args
 
-    def launch(self, python_argv: list[str], host_dir: str, disk_bytes: int) -> Launch:
+    def launch(
+        self, python_argv: list[str], host_dir: str, disk_bytes: int, inodes: int = 4096
+    ) -> Launch:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise IsolationUnavailable(self._advice("bwrap is not installed"))
@@ -126,20 +150,37 @@ class BwrapIsolation(Isolation):
             argv.append("--disable-userns")
         info_r, info_w = os.pipe()
         argv += ["--info-fd", str(info_w)]
+        fds = [info_w]
         argv += ["--die-with-parent", "--new-session", "--clearenv"]
         argv += self._mounts(python_argv[0])
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        if "--size" in options:  # bwrap >= 0.5: cap the work dir's tmpfs
-            argv += ["--size", str(disk_bytes)]
-        argv += ["--tmpfs", WORK_DIR, "--chdir", WORK_DIR]
+        # The namespace's init (bwrap's pid 1) runs outside the seccomp filter, as the same
+        # uid: cover its /proc entry (mem, fds, ...) with an empty read-only tmpfs.
+        perms = ["--perms", "0555"] if "--perms" in options else []  # bwrap >= 0.5
+        size = ["--size", "4096"] if "--size" in options else []
+        argv += [*perms, *size, "--tmpfs", "/proc/1", "--remount-ro", "/proc/1"]
+        work_mount = workfs.mount_work(disk_bytes, inodes, SANDBOX_UID) if self._drop() else None
+        if work_mount is not None:  # bounded in bytes and inodes
+            argv += ["--bind", work_mount, WORK_DIR]
+        else:
+            if "--size" in options:  # bwrap >= 0.5: cap the work dir's tmpfs
+                argv += ["--size", str(disk_bytes)]
+            argv += ["--tmpfs", WORK_DIR]
+        argv += ["--chdir", WORK_DIR]
         argv += ["--remount-ro", "/dev", "--remount-ro", "/"]  # only /work is writable
+        filter_fd = _seccomp_fd()
+        if filter_fd is not None:
+            argv += ["--seccomp", str(filter_fd)]
+            fds.append(filter_fd)
         for key, value in program_env(WORK_DIR).items():
             argv += ["--setenv", key, value]
         argv += ["--", *python_argv]
         # bwrap's own environment is what the namespace's init shows in /proc/1/environ
         env = {"PATH": PATH}
         user = SANDBOX_UID if self._drop() else None
-        return Launch(argv, "/", env, user, True, pass_fds=(info_w,), info_fd=info_r)
+        return Launch(
+            argv, "/", env, user, True, pass_fds=tuple(fds), info_fd=info_r, work_mount=work_mount
+        )
 
     def started(self, launch: Launch, proc: subprocess.Popen) -> None:
         """Take a pidfd on the PID namespace's init, whose pid bwrap writes to --info-fd.
@@ -173,6 +214,17 @@ class BwrapIsolation(Isolation):
             os.close(pidfd)
             launch.init_pidfd = None
         super().stop(launch, proc)
+        self._unmount(launch)
+
+    def abandon(self, launch: Launch) -> None:
+        super().abandon(launch)
+        self._unmount(launch)
+
+    @staticmethod
+    def _unmount(launch: Launch) -> None:
+        if launch.work_mount is not None:
+            workfs.unmount_work(launch.work_mount)
+            launch.work_mount = None
 
     def exit_status(self, returncode: int) -> int:
         # bwrap exits with 128 + N when the program was killed by signal N
@@ -183,6 +235,8 @@ class BwrapIsolation(Isolation):
     def ensure(self) -> None:
         python = self.default_python()
         with self._lock:
+            if not self._checked:
+                workfs.sweep()  # work dirs of evaluators that died mid-run
             if python not in self._checked:
                 self._checked[python] = self._self_test(python)
         cause = self._checked[python]

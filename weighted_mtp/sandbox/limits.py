@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from weighted_mtp.sandbox.isolation import ISOLATIONS
+from weighted_mtp.sandbox.base import ISOLATIONS
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,14 @@ class Limits:
     max_open_files: int = 256  # RLIMIT_NOFILE
     max_procs: int = 64  # RLIMIT_NPROC: processes + threads of one run (bwrap only)
     disk_mb: int = 64  # size of the private work dir (bwrap: a tmpfs; none: not enforced)
+    max_inodes: int = 4096  # files + dirs in the work dir (bwrap as root: see workfs.py)
     guards: bool = True  # in-process guards; disable only for trusted code or tests
     isolation: str = "bwrap"  # "bwrap" (OS-level) or "none" (see isolation.py)
     python: str | None = None  # interpreter; None = the isolation's default
 
     def __post_init__(self) -> None:
         names = ("timeout_s", "memory_mb", "max_output_bytes", "max_file_bytes", "max_procs")
-        for name in (*names, "max_open_files", "disk_mb"):
+        for name in (*names, "max_open_files", "disk_mb", "max_inodes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
         if self.cpu_s is not None and self.cpu_s < 1:

@@ -14,8 +14,10 @@ the ``PYTHONHASHSEED`` we set for reproducibility), in layers, outermost first:
 4. the Python-level guard (``guard.py``, ``Limits.guards``), which turns the common escape
    attempts into a clear ``blocked`` verdict.
 
-stdin comes from the test input, stdout/stderr go to host files read back up to a cap, the
-program's source arrives on an inherited file descriptor.
+stdin comes from the test input, stdout goes to a host file read back up to a cap (RLIMIT_FSIZE
+bounds it), stderr to a pipe of which only the last ``max_output_bytes`` are kept (a flood
+there does not fail a correct program); the program's source arrives on an inherited file
+descriptor. The verdict comes from the exit code or signal and the timer, never from text.
 
 Report channel (``run_program(..., report=True)``): a verdict that must not rest on the exit
 status alone. The runner draws a random token per run and hands it to the bootstrap on an
@@ -39,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,8 +64,13 @@ class ExecResult:
 
     ``status``: ``ok`` (exit 0), ``error`` (other exit code), ``timeout`` (wall or CPU limit),
     ``memory`` (MemoryError under RLIMIT_AS), ``blocked`` (a guard stopped it), ``killed``
-    (ended by another signal, e.g. SIGKILL/SIGSEGV/abort). ``report``: the message of the
-    report channel (module docstring), None when not asked for or not validly written.
+    (ended by another signal, e.g. SIGKILL/SIGSEGV/abort); it comes from the kernel's exit
+    information (exit code or signal, the timer) only, never from what the program printed.
+    ``stdout``: at most ``Limits.max_output_bytes`` (``truncated`` when it wrote more);
+    ``stderr``: the *last* ``max_output_bytes`` of what it wrote (``stderr_truncated`` when
+    more was cut off the front: a stderr flood neither fails nor slows a run by itself).
+    ``report``: the message of the report channel (module docstring), None when not asked
+    for or not validly written.
     """
 
     status: str
@@ -72,6 +80,7 @@ class ExecResult:
     wall_time: float
     truncated: bool = False
     report: str | None = None
+    stderr_truncated: bool = False
 
 
 # The child's whole start-up: no import beyond what the guard needs (``json`` and the
@@ -98,14 +107,15 @@ with os.fdopen(_fd, encoding="utf-8", errors="replace") as _f:
     _src = _f.read()
 sys.argv = ["solution.py"]
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-_code = compile(_src, "solution.py", "exec")
-if _guards:
-    _guard = {"__name__": "sandbox_guard"}
-    exec(compile(_guard_source, "<sandbox guard>", "exec"), _guard)
-    _guard["install"](_violation)
-    del _guard
-del _guard_source
 try:
+    _code = compile(_src, "solution.py", "exec")
+    del _src
+    if _guards:
+        _guard = {"__name__": "sandbox_guard"}
+        exec(compile(_guard_source, "<sandbox guard>", "exec"), _guard)
+        _guard["install"](_violation)
+        del _guard
+    del _guard_source
     exec(_code, _main)
 except MemoryError:
     os.write(2, b"MemoryError\\n")
@@ -149,26 +159,49 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _status(returncode: int, timed_out: bool, stderr_tail: bytes) -> str:
+def _status(returncode: int, timed_out: bool) -> str:
+    """The verdict from the kernel's exit information alone (exit code or signal, and our
+    own timer): nothing the program writes to stderr counts."""
     if timed_out or returncode == -signal.SIGXCPU:
         return "timeout"
     if returncode == 0:
         return "ok"
-    if returncode == MEMORY_EXIT or b"MemoryError" in stderr_tail:
+    if returncode == MEMORY_EXIT:  # the bootstrap's MemoryError exit (RLIMIT_AS)
         return "memory"
     if returncode == VIOLATION_EXIT:
         return "blocked"
     return "killed" if returncode < 0 else "error"
 
 
-def _read_capped(path: str, cap: int) -> tuple[str, bool, bytes]:
-    """(text up to ``cap`` bytes, truncated?, last 4 KiB of the raw bytes read)."""
+def _read_capped(path: str, cap: int) -> tuple[str, bool]:
+    """(text up to ``cap`` bytes, truncated?)."""
     with open(path, "rb") as f:
         data = f.read(cap + 1)
         size = os.fstat(f.fileno()).st_size
-        f.seek(max(0, size - 4096))
-        tail = f.read()
-    return data[:cap].decode("utf-8", "replace"), size > cap, tail
+    return data[:cap].decode("utf-8", "replace"), size > cap
+
+
+class _Tail(threading.Thread):
+    """Drains a pipe to its end, keeping only the last ``cap`` bytes: stderr is not a file,
+    so RLIMIT_FSIZE does not apply and a flood costs the program nothing but its time."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.cap, self.total = fd, cap, 0
+        self.buf = bytearray()
+
+    def run(self) -> None:
+        while chunk := os.read(self.fd, 1 << 16):
+            self.total += len(chunk)
+            self.buf += chunk
+            if len(self.buf) > 2 * self.cap:
+                del self.buf[: -self.cap]
+
+    def result(self) -> tuple[str, bool]:
+        """(the last ``cap`` bytes as text, was anything cut?) once the pipe is closed."""
+        self.join(10)
+        os.close(self.fd)
+        return bytes(self.buf[-self.cap :]).decode("utf-8", "replace"), self.total > self.cap
 
 
 def _authenticated(data: bytes, token: bytes) -> str | None:
@@ -194,7 +227,7 @@ def run_program(
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     token = secrets.token_hex(16).encode() if report else b""
     try:
-        names = ("stdin", "stdout", "stderr", "source", "token", "report")
+        names = ("stdin", "stdout", "source", "token", "report")
         files = {n: os.path.join(base, n) for n in names}
         with open(files["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
@@ -205,13 +238,13 @@ def run_program(
         with (
             open(files["stdin"], "rb") as fin,
             open(files["stdout"], "wb") as fout,
-            open(files["stderr"], "wb") as ferr,
             open(files["source"], "rb") as fsrc,
             open(files["token"], "rb") as ftok,
             open(files["report"], "wb") as frep,
         ):
             os.unlink(files["token"])  # the open descriptor is its only way in
-            launch = iso.launch([python, "-s", "-B", "-c", _BOOTSTRAP], base, limits.disk_mb << 20)
+            argv = [python, "-s", "-B", "-c", _BOOTSTRAP]
+            launch = iso.launch(argv, base, limits.disk_mb << 20, limits.max_inodes)
             channel = (ftok.fileno(), frep.fileno()) if report else ()
             words = f"{fsrc.fileno()} {int(limits.guards)} {VIOLATION_EXIT} {MEMORY_EXIT} "
             words += " ".join(map(str, channel or (-1, -1)))
@@ -222,33 +255,38 @@ def run_program(
             user: dict[str, object] = {}
             if launch.user is not None:
                 user = {"user": launch.user, "group": launch.user, "extra_groups": []}
+            err_r, err_w = os.pipe()
+            tail = _Tail(err_r, limits.max_output_bytes)
+            tail.start()
             start = time.monotonic()
             try:
                 proc = subprocess.Popen(
                     [*launch.argv, words, rlimits, GUARD_SOURCE], stdin=fin, stdout=fout,
-                    stderr=ferr, cwd=launch.cwd, env=launch.env, close_fds=True,
+                    stderr=err_w, cwd=launch.cwd, env=launch.env, close_fds=True,
                     pass_fds=(fsrc.fileno(), *channel, *launch.pass_fds), start_new_session=True,
                     **user,
                 )  # fmt: skip
             except BaseException:
                 iso.abandon(launch)
+                os.close(err_w)
+                tail.result()
                 raise
+            os.close(err_w)  # the program's processes hold the only write ends now
             try:
                 iso.started(launch, proc)
                 timed_out = not _wait_exit(proc.pid, limits.timeout_s)
             finally:
                 iso.stop(launch, proc)
             wall = time.monotonic() - start
-        cap = limits.max_output_bytes
-        out, out_trunc, _ = _read_capped(files["stdout"], cap)
-        err, err_trunc, err_tail = _read_capped(files["stderr"], cap)
+            err, err_trunc = tail.result()  # every writer is gone: the pipe is at its end
+        out, out_trunc = _read_capped(files["stdout"], limits.max_output_bytes)
         with open(files["report"], "rb") as f:
             message = _authenticated(f.read(4096), token) if report else None
     finally:
         _remove_tree(base)
     returncode = iso.exit_status(proc.returncode)
-    status = _status(returncode, timed_out, err_tail)
-    return ExecResult(status, out, err, returncode, wall, out_trunc or err_trunc, message)
+    status = _status(returncode, timed_out)
+    return ExecResult(status, out, err, returncode, wall, out_trunc, message, err_trunc)
 
 
 def run_many(jobs: Sequence[Callable[[], T]], max_workers: int = 4) -> list[T]:
