@@ -129,3 +129,36 @@ def test_tests_of_outputs_match_and_check_program() -> None:
     exec(check_program(he, he.output), scope)  # passes: no AssertionError
     with pytest.raises(AssertionError):
         exec(check_program(he, "    return 2\n"), {})
+
+
+def test_task_ids_hash_clash_of_distinct_ids_is_not_a_duplicate() -> None:
+    """Two distinct ids whose hashes clash are read back and told apart; a true repeat
+    among them is still found."""
+    from weighted_mtp.data.records import TaskIds
+
+    ids = TaskIds()
+    names = {0: "a", 10: "b", 20: "c", 30: "a"}  # offset -> task_id
+    for line, off in enumerate(names, start=1):
+        ids._hash.append(7)  # every hash clashes
+        ids._line.append(line)
+        ids._offset.append(off)
+    with pytest.raises(UserError, match=r"f:4: duplicate task_id 'a' \(first at line 1\)"):
+        ids.check("f", names.__getitem__)
+    del names[30]
+    ids = TaskIds()
+    for line, (off, tid) in enumerate(names.items(), start=1):
+        ids.add(tid, line, off)
+        ids._hash[-1] = 7
+    ids.check("f", names.__getitem__)  # no error
+
+
+def test_reading_a_huge_line_does_not_hold_it(tmp_path: Path) -> None:
+    """A line over the cap is refused from its first cap + 2 bytes: skipping it streams
+    past the rest (the next line's offset is right)."""
+    from weighted_mtp.data.records import TooLong, iter_lines
+
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"x" * 5000 + b"\n" + b"{}\n")
+    lines = list(iter_lines(p, max_bytes=100))
+    assert isinstance(lines[0][2], TooLong) and lines[0][:2] == (1, 0)
+    assert lines[1] == (2, 5001, b"{}")

@@ -11,7 +11,14 @@ Streams each shard in small pyarrow batches (only the needed columns; the huge
   ``label_conflict``;
 - with a tokenizer and ``max_length``, records longer than ``max_length`` tokens (the
   collate template, BOS and EOS included) are dropped as ``too_long``;
-- ``metadata.tests``: the public tests; in valid/test also the private tests;
+- ``metadata.tests``: the public tests; in valid/test also the private tests; in train
+  only the public tests, i.e. the statement's examples (enough for the labels, which come
+  from the dataset, not from running them). Capped to what a reader accepts: at most
+  ``records.MAX_TESTS_PER_RECORD`` tests and :data:`TESTS_BUDGET` bytes of them (the
+  first ones kept; such problems are counted as ``capped_tests``); a record still over
+  ``records.MAX_RECORD_BYTES`` is dropped as ``too_large``;
+- a problem whose ``name`` was already converted in this split is dropped as
+  ``duplicate_problem`` (task ids, ``name/kind/j``, must be unique in a file);
 - ``metadata.difficulty``: the curriculum's 1..11 scale (:func:`curriculum_difficulty`),
   so every record lands in one of the default ``data_sampling.difficulty_bins``;
   ``metadata.cc_difficulty`` keeps CodeContests' raw value.
@@ -21,6 +28,7 @@ Counts per reason are returned and printed per split.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +39,13 @@ import pyarrow.parquet as pq
 
 from weighted_mtp.data.collate import Tokenizer, format_prompt
 from weighted_mtp.data.index import JsonlWriter
-from weighted_mtp.data.records import Record, format_examples
+from weighted_mtp.data.records import (
+    MAX_RECORD_BYTES,
+    MAX_TESTS_PER_RECORD,
+    Record,
+    RecordTooLarge,
+    format_examples,
+)
 from weighted_mtp.errors import UserError
 from weighted_mtp.progress import Progress
 
@@ -110,6 +124,23 @@ def find_shards(raw_dir: str | Path) -> dict[str, list[Path]]:
     return shards
 
 
+# bytes of JSON that one record's ``metadata.tests`` may take: half the record cap, the
+# rest left for the statement, the examples and the solution
+TESTS_BUDGET = MAX_RECORD_BYTES // 2
+
+
+def cap_tests(tests: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The longest prefix of ``tests`` with at most ``MAX_TESTS_PER_RECORD`` tests and
+    :data:`TESTS_BUDGET` bytes of JSON (UTF-8)."""
+    kept, size = [], 2
+    for t in tests[:MAX_TESTS_PER_RECORD]:
+        size += len(json.dumps(t, ensure_ascii=False).encode("utf-8")) + 2
+        if size > TESTS_BUDGET:
+            break
+        kept.append(t)
+    return kept
+
+
 def _normalize(code: str) -> str:
     return "\n".join(line.rstrip() for line in code.strip().splitlines())
 
@@ -127,11 +158,19 @@ class _Converter:
         self.split, self.tokenizer, self.max_length = split, tokenizer, max_length
         self.n_examples = n_examples
         self.counts: Counter[str] = Counter()
+        self.names: set[str] = set()
 
     def problem(self, row: dict[str, Any]) -> Iterator[Record]:
         self.counts["problems"] += 1
+        if row["name"] in self.names:
+            self.counts["dropped_duplicate_problem"] += 1
+            return
+        self.names.add(row["name"])
         public = _tests(row["public_tests"])
-        tests = public + (_tests(row.get("private_tests")) if self.split != "train" else [])
+        every = public + (_tests(row.get("private_tests")) if self.split != "train" else [])
+        tests = cap_tests(every)
+        if len(tests) < len(every):
+            self.counts["capped_tests"] += 1
         instruction = (row["description"] or "").strip()
         example_text = format_examples(public[: self.n_examples])
         prompt_len = None
@@ -207,7 +246,12 @@ def convert_split(
             for batch in f.iter_batches(batch_size=batch_size, columns=columns):
                 for row in batch.to_pylist():
                     for rec in conv.problem(row):
-                        writer.write(rec)
+                        try:
+                            writer.write(rec)
+                        except RecordTooLarge:
+                            kind = "correct" if rec.is_correct else "incorrect"
+                            conv.counts[f"written_{kind}"] -= 1
+                            conv.counts["dropped_too_large"] += 1
                 bar.update(batch.num_rows)
     return conv.counts
 

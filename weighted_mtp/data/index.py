@@ -19,19 +19,32 @@ them. The index also records what it was built from: the jsonl's byte size, its 
 (ns) and the sha256 of its content (computed while streaming). When size or mtime differ,
 the file is hashed again: same content -> the index is kept (its mtime updated), other
 content (a same-size edit included) -> the index is rebuilt (streaming, one line at a
-time). An index of an older layout (without these) is rebuilt too.
+time). An index of an older layout (without these) is rebuilt too, and so is one built
+under other record checks (``records.CHECKS``: size cap, tests cap, unique task ids, all
+run during the same streaming pass): a cached index never hides a check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from array import array
 from pathlib import Path
 
 import numpy as np
 
-from weighted_mtp.data.records import ReadStats, Record, iter_lines, valid_lines
+from weighted_mtp.data.records import (
+    CHECKS,
+    MAX_RECORD_BYTES,
+    MAX_TESTS_PER_RECORD,
+    ReadStats,
+    Record,
+    RecordTooLarge,
+    TaskIds,
+    iter_lines,
+    valid_lines,
+)
 from weighted_mtp.errors import UserError
 from weighted_mtp.fileio import AtomicFile
 
@@ -99,14 +112,18 @@ class Index:
                 file_size=np.int64(self.source["size"]),
                 mtime_ns=np.int64(self.source["mtime_ns"]),
                 sha256=np.array(self.source["sha256"]),
+                checks=np.array(CHECKS),
             )
 
     @classmethod
     def load(cls, path: str | Path) -> Index | None:
-        """The saved index, or None when it is unreadable or of an older layout."""
+        """The saved index, or None when it is unreadable, of an older layout or built
+        under other record checks than today's (``records.CHECKS``)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "sha256" not in z.files or "mtime_ns" not in z.files:
+                    return None
+                if "checks" not in z.files or str(z["checks"]) != CHECKS:
                     return None
                 source = {
                     "size": int(z["file_size"]),
@@ -224,7 +241,12 @@ def build_index(
 
 
 class JsonlWriter:
-    """Write records to ``path`` (via a temp file) and its index; use as a context manager."""
+    """Write records to ``path`` (via a temp file) and its index; use as a context manager.
+
+    Holds written files to what readers accept: ``write`` raises :class:`RecordTooLarge`
+    (nothing written) for a record over ``MAX_RECORD_BYTES`` or ``MAX_TESTS_PER_RECORD``;
+    ``close`` raises UserError (and writes nothing) when a ``task_id`` repeats.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -233,19 +255,45 @@ class JsonlWriter:
         self._fh = self._out.file
         self._builder = IndexBuilder(str(self.path))
         self._hash = hashlib.sha256()
+        self._ids = TaskIds()
         self._offset = 0
         self.count = 0
 
     def write(self, record: Record) -> None:
-        body = record.to_json().encode("utf-8")
+        tests = record.metadata.get("tests")
+        n_tests = len(tests) if isinstance(tests, list) else 0
+        body = b"" if n_tests > MAX_TESTS_PER_RECORD else record.to_json().encode("utf-8")
+        if n_tests > MAX_TESTS_PER_RECORD or len(body) > MAX_RECORD_BYTES:
+            what = (
+                f"has {n_tests} tests (at most {MAX_TESTS_PER_RECORD}, "
+                "records.MAX_TESTS_PER_RECORD)"
+                if body == b""
+                else f"is {len(body)} bytes (at most {MAX_RECORD_BYTES}, records.MAX_RECORD_BYTES)"
+            )
+            raise RecordTooLarge(
+                f"{self.path}: record {record.task_id!r} {what}: readers would refuse it; "
+                "leave it out or make it smaller"
+            )
         self._fh.write(body + b"\n")
         self._hash.update(body + b"\n")
         self.count += 1
         self._builder.add(self._offset, len(body), self.count, record)
+        self._ids.add(record.task_id, self.count, self._offset)
         self._offset += len(body) + 1
+
+    def _task_id_at(self, offset: int) -> str:
+        self._fh.flush()
+        with open(self._out.tmp, "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.readline())["task_id"]
 
     def close(self) -> Index:
         """Finish the file, move it in place and save its index."""
+        try:
+            self._ids.check(str(self.path), self._task_id_at)
+        except UserError:
+            self.abort()
+            raise
         self._out.commit()
         st = self.path.stat()
         index = self._builder.build(

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from weighted_mtp.data import humaneval, synthetic
+from weighted_mtp.data.records import MAX_RECORD_BYTES, MAX_TESTS_PER_RECORD
 from weighted_mtp.errors import UserError
 
 HELP = "build processed datasets (jsonl + index): codecontests, synthetic, humaneval, index"
@@ -48,10 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ix = sub.add_parser(
         "index",
         help="(re)build the index of a processed jsonl",
-        description="(Re)build FILE's .index.npz, streaming; reports malformed lines",
+        description=(
+            "(Re)build FILE's .index.npz, streaming; reports malformed lines, records over "
+            f"{MAX_RECORD_BYTES >> 20} MiB or {MAX_TESTS_PER_RECORD} tests, repeated task_ids"
+        ),
     )
     ix.add_argument("file", type=Path, metavar="FILE")
-    ix.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad lines")
+    ix.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip (and count) malformed and over-size lines (a repeated task_id still fails)",
+    )
 
 
 def _codecontests(args: argparse.Namespace) -> int:
