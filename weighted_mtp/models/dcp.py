@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import ModelArgs
+from weighted_mtp.models.params import PARAMS_FILE, read_params_json
 
 METADATA_FILE = ".metadata"  # marks a DCP directory
 _ALLOWED = {
@@ -96,11 +97,9 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dt
 
 def read_params(path: Path) -> ModelArgs:
     """The MTP shape: ``params.json`` beside ``.metadata``."""
-    from weighted_mtp.models.formats import PARAMS_FILE, _read_params
-
     if not (path / PARAMS_FILE).is_file():
         raise UserError(f"{path}: a DCP checkpoint needs {PARAMS_FILE} beside {METADATA_FILE}")
-    return _read_params(path)
+    return read_params_json(path)
 
 
 def read_dcp(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:

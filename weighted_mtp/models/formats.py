@@ -29,6 +29,7 @@ from torch import Tensor
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
+from weighted_mtp.models.params import PARAMS_FILE, read_params_json
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -36,7 +37,6 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16,
 }  # fmt: skip
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # what a config names (DTYPES: + aliases)
-PARAMS_FILE = "params.json"
 SAFETENSORS_FILE = "model.safetensors"
 _SHARD_DIM = {
     "tok_embeddings.weight": 1, "output.weight": 0,
@@ -82,20 +82,13 @@ def meta_checkpoint_files(path: Path) -> list[Path]:
     return shards
 
 
-def _read_params(path: Path) -> ModelArgs:
-    f = path / PARAMS_FILE
-    if not f.exists():
-        raise UserError(f"{f} is missing: a Meta-format model directory needs params.json")
-    try:
-        return ModelArgs.from_params_json(f)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{f} is not a valid params.json: {e}") from e
+_read_params = read_params_json  # (models.reader's name for it)
 
 
 def read_meta_dir(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     """params + state dict (memory-mapped; shards concatenated) of a Meta directory."""
     path = Path(path)
-    args = _read_params(path)
+    args = read_params_json(path)
     files = meta_checkpoint_files(path)
     parts = [_load_pth(f) for f in files]
     if len(parts) == 1:
@@ -136,7 +129,7 @@ def read_safetensors(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{file}: not a readable safetensors file ({exc})") from None
     if (file.parent / PARAMS_FILE).exists():
-        args = _read_params(file.parent)
+        args = read_params_json(file.parent)
     elif "params" in meta:
         args = ModelArgs.from_dict(json.loads(meta["params"]))
     else:
@@ -218,7 +211,7 @@ def model_from_state_dict(
 def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     """params + state dict of a Meta dir, a safetensors dir or a .safetensors file, or a
     torch.distributed.checkpoint dir (:mod:`weighted_mtp.models.dcp`)."""
-    from weighted_mtp.models.dcp import is_dcp, read_dcp  # (it reads params.json here)
+    from weighted_mtp.models.dcp import is_dcp, read_dcp  # (torch.distributed.checkpoint: on use)
 
     p = Path(path)
     if is_dcp(p):
