@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install bwrap test test-slurm lint format setup demo experiment bench-decode bench-sandbox seed-configs clean
+.PHONY: install bwrap test test-slurm lint format setup demo experiment bench-decode bench-sandbox seed-configs docs docs-serve clean
 
 install: bwrap $(STAMP)
 
@@ -75,6 +75,20 @@ seed-configs: $(STAMP)
 	  $(BIN)/wmtp stage=$$s profile=vessl --cfg job > configs/$$s/$$s.yaml; \
 	  $(BIN)/wmtp stage=$$s profile=local --cfg job > configs/$$s/$${s}_local.yaml; \
 	done
+
+# The docs site (MkDocs Material, docs/ + mkdocs.yml): the config field and CLI references are
+# generated from the code at build time (docs/_hooks/reference.py). docs: a strict build into
+# site/ (a broken link, anchor or page fails); docs-serve: live preview on 127.0.0.1:8000.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	$(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,207 @@
+"""The config field reference: types and defaults from the schema's dataclasses, per-stage
+and per-profile defaults from composing conf/ (the same compose as ``wmtp``), meanings from
+:data:`weighted_mtp.docsgen.fields.MEANINGS`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+
+from weighted_mtp.config import CONF_DIR
+from weighted_mtp.config.loader import compose
+from weighted_mtp.config.schema import EvalRootConfig, WmtpConfig
+from weighted_mtp.docsgen.fields import MEANINGS
+
+NO_MEANING = "(no meaning yet: add it to `weighted_mtp/docsgen/fields.py`)"
+#: a dict-valued field documented as one value, not per key
+WHOLE = {"data_sampling.difficulty_bins", "evaluation.difficulty_bins"}
+
+
+def stages() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml"))
+
+
+def schema_fields(cls: type = WmtpConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, type as written in the schema, schema default) of every leaf field."""
+    out: list[tuple[str, str, Any]] = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        factory = f.default_factory
+        default = factory() if factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            out += schema_fields(type(default), name + ".")
+        elif name == "weighting":
+            out.append(("weighting._target_", "str", None))
+        else:
+            out.append((name, str(f.type), default))
+    return out
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def show(value: Any) -> str:
+    """A value as a table cell: YAML-ish flow style, in code."""
+    if value is MISSING or value == "???":
+        return "required"
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, str):
+        text = json.dumps(value) if value == "" else value
+    else:
+        text = json.dumps(value).replace('"', "")
+    if isinstance(value, str) and value.startswith("weighted_mtp."):
+        text = value.rsplit(".", 1)[1]
+    return f"`{text}`"
+
+
+def composed() -> dict[tuple[str, str], dict]:
+    """Every stage x profile, composed like ``wmtp stage=S profile=P`` (unresolved)."""
+    return {
+        (s, p): OmegaConf.to_container(compose([f"stage={s}", f"profile={p}"]), resolve=False)
+        for s in stages()
+        for p in profiles()
+    }
+
+
+def _where(keys: set[tuple[str, str]], all_s: list[str], all_p: list[str]) -> str:
+    """Name a set of (stage, profile) pairs as briefly as possible."""
+    whole_s = [s for s in all_s if all((s, p) in keys for p in all_p)]
+    whole_p = [p for p in all_p if all((s, p) in keys for s in all_s)]
+    if whole_p and all(p in whole_p for _, p in keys):
+        return "profile " + ", ".join(whole_p)
+    if whole_s and all(s in whole_s for s, _ in keys):
+        return ", ".join(whole_s)
+    in_s = sorted({s for s, _ in keys}, key=all_s.index)
+    in_p = sorted({p for _, p in keys}, key=all_p.index)
+    if len(keys) == len(in_s) * len(in_p):  # a product: these stages under these profiles
+        return f"{', '.join(in_s)} under profile {', '.join(in_p)}"
+    return ", ".join(f"{s}/{p}" for s, p in sorted(keys))
+
+
+def default_choice() -> tuple[str, str]:
+    """(stage, profile) that plain ``wmtp`` composes (conf/config.yaml's defaults)."""
+    import yaml
+
+    chosen: dict[str, str] = {}
+    for item in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]:
+        if isinstance(item, dict):
+            chosen.update(item)
+    return chosen["stage"], chosen["profile"]
+
+
+def per_config(name: str, configs: dict[tuple[str, str], dict]) -> tuple[str, str]:
+    """(the value plain ``wmtp`` gets, where it differs) of a field over every stage x
+    profile."""
+    all_s, all_p = stages(), profiles()
+    by_value: dict[str, set[tuple[str, str]]] = {}
+    for key, cfg in configs.items():
+        by_value.setdefault(show(_get(cfg, name)), set()).add(key)
+    common = show(_get(configs[default_choice()], name))
+    rest = [
+        f"{_where(keys, all_s, all_p)}: {value}"
+        for value, keys in sorted(by_value.items(), key=lambda kv: sorted(kv[1]))
+        if value != common
+    ]
+    return common, "; ".join(rest)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("\n", " ") for c in cells) + " |"
+
+
+def render() -> str:
+    configs = composed()
+    lines = [
+        "# Config field reference",
+        "",
+        "Generated by `weighted_mtp.docsgen` from `weighted_mtp/config/schema.py` (type, "
+        "schema default), the composition of every `conf/stage/*.yaml` with every "
+        "`conf/profile/*.yaml` (defaults per stage and profile) and "
+        "`weighted_mtp/docsgen/fields.py` (rule / meaning). Rules are checked by "
+        "`validate-config` and before every run. Set any field with `wmtp key=value` or "
+        "`--override key=value` ([Configuration](../configuration.md)).",
+        "",
+        f"Stages: {', '.join(stages())}. Profiles: {', '.join(profiles())}. *`wmtp` "
+        "default* is the value plain `wmtp` composes (stage=%s profile=%s); *differs in* "
+        "names the compositions where it is something else (`profile X`: every stage under "
+        "that profile; a stage name: that stage under every profile; `stage/profile`: that "
+        "pair)." % default_choice(),
+    ]
+    section = None
+    for name, typ, default in schema_fields():
+        top = name.split(".")[0]
+        if top != section:
+            section = top
+            lines += [
+                "",
+                f"## `{top}`",
+                "",
+                _row(
+                    [
+                        "field",
+                        "type",
+                        "schema default",
+                        "`wmtp` default",
+                        "differs in",
+                        "rule / meaning",
+                    ]
+                ),
+                "|---|---|---|---|---|---|",
+            ]
+        common, rest = per_config(name, configs)
+        schema_default = "-" if name == "weighting._target_" else show(default)
+        lines.append(
+            _row(
+                [
+                    f"`{name}`",
+                    f"`{typ}`",
+                    schema_default,
+                    common,
+                    rest,
+                    MEANINGS.get(name, NO_MEANING),
+                ]
+            )
+        )
+    lines += [
+        "",
+        "## `evaluation` (`wmtp-eval`, `python -m weighted_mtp evaluate`)",
+        "",
+        "From `EvaluationConfig` in the schema; `wmtp-eval` composes `conf/evaluate.yaml` "
+        "over it ([Evaluation](../evaluation.md)).",
+        "",
+        _row(["field", "type", "default", "rule / meaning"]),
+        "|---|---|---|---|",
+    ]
+    for name, typ, default in schema_fields(EvalRootConfig):
+        lines.append(_row([f"`{name}`", f"`{typ}`", show(default), MEANINGS.get(name, NO_MEANING)]))
+    return "\n".join(lines) + "\n"
+
+
+def undocumented() -> list[str]:
+    """Schema fields without a meaning (the test that keeps the reference complete)."""
+    names = [n for n, _, _ in schema_fields()] + [n for n, _, _ in schema_fields(EvalRootConfig)]
+    return [n for n in names if n not in MEANINGS]
+
+
+def stale() -> list[str]:
+    """Meanings of fields the schema no longer has."""
+    names = {n for n, _, _ in schema_fields()} | {n for n, _, _ in schema_fields(EvalRootConfig)}
+    return sorted(set(MEANINGS) - names)
