@@ -9,8 +9,13 @@
 #      verifiable, LoRA), then `evaluate` where bubblewrap exists;
 #   5. benchmarks/mtp_step.py (our MTP step vs naive MTP vs transformers' Llama) at the
 #      7B-8 shape; benchmarks/gpu.py for LoRA on the 7B-8 shape and for a 1.1B shape.
+# PARTS=world (a call of its own, ~10 minutes on an H200): benchmarks/gpu.py --world 4, rank
+#   0 of a 4-GPU run on this one GPU (torch's fake process group: FSDP2's real shards and
+#   communication buffers, no-op collectives) for profile vessl and vessl_a100_40gb at full
+#   shape, every stage, planned vs allocated vs reserved, s/step, tokens/s, MFU; then the
+#   same with training.compile=true (plan skipped: it does not model compile).
 # Logs and JSON go to $OUT (default ./gpu_out). DEVICE=cpu SMALL=1 runs a smoke version.
-# PARTS picks sections (default "bench cli more"). `setup` verifies the synthetic labels in
+# PARTS picks sections (default "bench cli more"; "world" as above). `setup` verifies the synthetic labels in
 # bubblewrap: on a machine without it, build the micro assets elsewhere (`python -m
 # weighted_mtp setup --storage DIR --pretrain-problems 200 --pretrain-steps 40`) and pass
 # ASSETS=DIR (copied, never written).
@@ -37,6 +42,26 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/all.log
 step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
   $PY -c 'import torch, transformers, peft; print(torch.__version__, transformers.__version__,
   peft.__version__, torch.cuda.is_available())'"
+
+# -- rank 0 of 4 GPUs at the profiles' full shape (fake process group) --------------------
+if part world; then
+    STAGES=baseline,critic,verifiable,rho1
+    if small; then
+        step world_small 300 $PY benchmarks/gpu.py --small --device "$DEVICE" --world 4 \
+            --steps 1 --stages "$STAGES" --json "$OUT/world_small.json"
+    else
+        for profile in vessl vessl_a100_40gb; do
+            step "world4_$profile" 200 $PY benchmarks/gpu.py --profile "$profile" --world 4 \
+                --steps 2 --stages "$STAGES" --device "$DEVICE" --json "$OUT/world4_$profile.json"
+        done
+        for profile in vessl vessl_a100_40gb; do
+            step "world4_${profile}_compile" 150 $PY benchmarks/gpu.py --profile "$profile" \
+                --world 4 --steps 2 --no-plan --stages "$STAGES" --device "$DEVICE" \
+                --overrides training.compile=true --json "$OUT/world4_${profile}_compile.json"
+        done
+    fi
+    if ! part bench && ! part cli && ! part more; then exit 0; fi  # no assets needed
+fi
 
 # the micro assets (CPU) build in the background while the GPU benchmarks run
 if [ -n "${ASSETS:-}" ]; then

@@ -19,6 +19,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from weighted_mtp import cuda_alloc
 from weighted_mtp.errors import USER_ERROR_EXIT_CODE, run_reported
 
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cuda_alloc.configure()  # before any command touches CUDA
     args = build_parser().parse_args(argv)
     return run_reported(lambda: args.handler(args))
 

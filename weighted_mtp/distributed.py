@@ -15,13 +15,26 @@ several backward passes per micro-batch, and DDP's reducer fires per backward pa
 ``runtime.distributed=fsdp`` shards the policy with FSDP2 instead (see
 :mod:`weighted_mtp.training.fsdp`: every unit's gradient reduce-scattered once per
 micro-batch, during its backward); only parameters outside it (a value head) are still
-summed here. :mod:`weighted_mtp.training.parallel` chooses between the two.
+summed here. ``runtime.distributed=hsdp`` is FSDP2 over a 2-D mesh: the policy sharded
+over the ranks of a node and replicated across nodes (a sharded gradient reduce-scattered
+within the node, then all-reduced across nodes). :mod:`weighted_mtp.training.parallel`
+chooses between them.
+
+The reductions here (step totals, rho1's step-wide selection, a value head's gradient,
+validation sums) always run over every rank (the default group), whatever the mode: every
+rank is a data-parallel peer under ddp, fsdp and hsdp alike.
+
+Nodes (:func:`node_count`): torchrun sets LOCAL_WORLD_SIZE (its ``--nproc-per-node``), so
+nodes = WORLD_SIZE / LOCAL_WORLD_SIZE; a Slurm task has SLURM_NNODES (and
+SLURM_NTASKS_PER_NODE). Both number ranks node by node (torchrun: node_rank x
+nproc_per_node + local_rank; Slurm: the default block distribution), so the ranks of a
+node are consecutive: hsdp's shard groups.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +49,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # nodes the ranks run on, from the launcher's environment (None: not known)
+    nodes: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -50,12 +65,40 @@ def env_info() -> DistInfo:
     """Rank, world size and local rank from torchrun's or Slurm's environment."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        world = int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_WORLD_SIZE", 0))
+        nodes = world // local if local > 0 and world % local == 0 else None
+        return DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), nodes)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return DistInfo(
-            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            _slurm_nodes(env),
         )
     return DistInfo()
+
+
+def _slurm_nodes(env: Mapping[str, str]) -> int | None:
+    """SLURM_NNODES (SLURM_JOB_NUM_NODES), else SLURM_NTASKS / SLURM_NTASKS_PER_NODE."""
+    for key in ("SLURM_NNODES", "SLURM_JOB_NUM_NODES"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    per_node, tasks = env.get("SLURM_NTASKS_PER_NODE", ""), env.get("SLURM_NTASKS", "")
+    known = per_node.isdigit() and tasks.isdigit() and int(per_node) > 0
+    if known and int(tasks) % int(per_node) == 0:
+        return int(tasks) // int(per_node)
+    return None
+
+
+def node_count(info: DistInfo, configured: int | None = None) -> int:
+    """The run's nodes: ``configured`` (``runtime.nodes``) when set, else what the launcher's
+    environment told :func:`env_info`; 1 when nothing tells (one process, or a DistInfo
+    made by hand, as the memory plan's: one node). Validation refuses hsdp over several
+    ranks whose nodes nothing tells (:func:`weighted_mtp.config.rules.nodes`)."""
+    if configured is not None:
+        return int(configured)
+    return info.nodes if info.enabled and info.nodes is not None else 1
 
 
 def init(device: torch.device) -> DistInfo:

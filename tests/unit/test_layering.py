@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "weighted_mtp"
 #: bottom first; a package or module not listed is an entry point (the top layer)
 LAYERS = (
-    ("errors",),
+    ("errors", "cuda_alloc"),
     ("fileio", "progress", "distributed", "sandbox"),
     ("models",),
     ("data",),

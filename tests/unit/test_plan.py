@@ -173,14 +173,16 @@ def test_find_fix_names_the_fewest_checkpointed_blocks() -> None:
 
     from weighted_mtp.plan.build import Machine, least_checkpointing
 
-    machine = Machine(gpu_memory_gb=100)  # fits at <= 90 GB
+    machine = Machine(gpu_memory_gb=100)
 
     def search(peak_of_blocks) -> int:  # noqa: ANN001
         def plan_of(change: dict) -> SimpleNamespace:
             on = change["training.activation_checkpointing"]
             n = change.get("training.activation_checkpointing_blocks") if on else 0
             peak = peak_of_blocks(10 if n is None else n)
-            return SimpleNamespace(per_gpu_peak_gb=peak, fits=peak <= 90, n_blocks=10)
+            return SimpleNamespace(
+                per_gpu_peak_gb=peak, fits=peak <= 90, n_blocks=10, usable_gb=90.0
+            )
 
         found, _ = least_checkpointing(None, machine, {}, plan_of)
         return found["training.activation_checkpointing_blocks"]
@@ -242,3 +244,40 @@ def test_no_grad_forward_memory_is_the_same_on_fake_and_real_tensors() -> None:
             return peak(tracker)[0]
 
     assert forward_peak(True) == forward_peak(False)
+
+
+def test_fit_rule_is_stated_against_the_cards_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An "80 GB" card is 80 GiB; the CUDA context, NCCL's buffers and the allocator's
+    reserved/allocated ratio (expandable segments unless the user chose otherwise) come off."""
+    from dataclasses import MISSING, fields, replace
+
+    from weighted_mtp.plan import report
+
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert report.capacity_bytes(80) == 80 * 2**30 == 85_899_345_920
+    assert report.allocator_ratio() == pytest.approx(72.98 / 71.21)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    assert report.allocator_ratio() == pytest.approx(84.81 / 71.55)
+    plan = report.Plan(
+        **{f.name: 0 for f in fields(report.Plan) if f.default is MISSING},
+    )
+    plan = replace(plan, gpu_memory_gb=80, communicators=1, allocator_ratio=1.025, stage="x")
+    usable = (80 * 2**30 - 2**30 - 2**29) / 1.025 / 1e9
+    assert plan.usable_gb == pytest.approx(usable) and 82 < usable < 83
+    assert replace(plan, per_gpu_peak_gb=usable - 0.01).fits
+    assert not replace(plan, per_gpu_peak_gb=usable + 0.01).fits
+    assert replace(plan, communicators=3).usable_gb < usable  # HSDP: two more groups
+    rule = plan.fit_rule()
+    assert "85.9 GB (80 GiB card)" in rule and "1.025" in rule and "CUDA context" in rule
+    assert replace(plan, gpu_memory_gb=None).fits is None
+
+
+def test_plan_text_prints_the_rule(tmp_path: Path, shape_dir: Path, capsys) -> None:
+    f = tmp_path / "config.yaml"
+    OmegaConf.save(_cfg("stage=baseline", policy=shape_dir), f)
+    code = main(["plan", "--config", str(f), "--gpus", "1", "--gpu-memory-gb", "40"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fits:" in out
+    assert "rule: fits when peak x 1.025" in out and "42.9 GB (40 GiB card)" in out
+    assert "0 communicator(s)" in out  # one GPU: no NCCL

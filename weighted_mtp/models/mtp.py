@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -200,7 +202,17 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
+    # set by ``MTPTransformer.set_compile``: a ``torch.compile``d ``(block, x, ctx)`` ->
+    # ``block._forward(x, ctx)``, shared by every block (one graph for all of them); the
+    # module's hooks (FSDP2's all-gather / reduce-scatter) stay outside it, run eagerly
+    compiled_forward: Callable[[TransformerBlock, Tensor, AttnContext], Tensor] | None = None
+
     def forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None = None) -> Tensor:
+        if self.compiled_forward is not None and cache is None:
+            return self.compiled_forward(self, x, ctx)
+        return self._forward(x, ctx, cache)
+
+    def _forward(self, x: Tensor, ctx: AttnContext, cache: KVCache | None = None) -> Tensor:
         if ctx.rows is not None and cache is None:  # right padding: skip it (same values)
             b, s, d = x.shape
             flat = x.reshape(b * s, d)
@@ -210,6 +222,32 @@ class TransformerBlock(nn.Module):
             return flat.index_copy(0, ctx.rows, h).view(b, s, d)
         h = x + self.attention(self.attention_norm(x), ctx, cache)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+#: torch.compile backend of ``training.compile``: ``inductor`` (the default, generates
+#: Triton / C++ kernels), or from the environment variable WEIGHTED_MTP_COMPILE_BACKEND
+#: (an internal knob: the CPU tests use ``aot_eager``, which traces the same graphs
+#: without generating code, since inductor's C++ compile is slow on a small CPU)
+COMPILE_BACKEND = os.environ.get("WEIGHTED_MTP_COMPILE_BACKEND", "inductor")
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _block_forward(block: TransformerBlock, x: Tensor, ctx: AttnContext) -> Tensor:
+    return block._forward(x, ctx)
+
+
+def compiled_block_forward(backend: str | None = None) -> Callable:
+    """``torch.compile(_block_forward)`` for ``backend`` (None: :data:`COMPILE_BACKEND`),
+    made once per backend. The block is an argument, not a closure: with dynamo's inlined
+    nn modules its parameters are graph inputs, so all blocks share one graph (compiled
+    once per shape family), and a ``deepcopy`` of the model shares nothing stale. Shapes
+    that vary (sequence length, the real-token count of a padded batch) get one dynamic
+    graph after the first recompile (dynamo's automatic dynamic shapes)."""
+    name = backend or COMPILE_BACKEND
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_block_forward, backend=name)
+    return _COMPILED[name]
 
 
 class MTPTransformer(nn.Module):
@@ -229,6 +267,7 @@ class MTPTransformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.activation_checkpointing = False
+        self.compiled = False  # set_compile
         self._checkpointed: set[int] = set()  # id() of the blocks recomputed in backward
         if dtype is not None:
             self.to(dtype)
@@ -247,6 +286,19 @@ class MTPTransformer(nn.Module):
         n = len(order) if blocks is None else max(0, min(blocks, len(order)))
         self._checkpointed = {id(b) for b in order[:n]} if enabled else set()
         self.activation_checkpointing = bool(self._checkpointed)
+
+    def set_compile(self, enabled: bool, backend: str | None = None) -> None:
+        """Regional ``torch.compile`` (``training.compile``): every trunk and head block runs
+        its forward through one compiled function (:func:`compiled_block_forward`); the
+        embeddings, the shared norm/output and the head-by-head chunked loss stay eager.
+        Call before sharding (FSDP2 hooks stay eager around each block's compiled body)
+        and it composes with activation checkpointing (``run_block`` checkpoints the block
+        call, the recompute runs the compiled forward again). KV-cache decoding stays
+        eager. ``backend``: None = :data:`COMPILE_BACKEND`."""
+        fn = compiled_block_forward(backend) if enabled else None
+        for block in [*self.layers, *self.extra_heads]:
+            block.compiled_forward = fn
+        self.compiled = enabled
 
     def context(
         self,

@@ -32,6 +32,7 @@ from weighted_mtp.models.mtp import ModelArgs, MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.plan.fake import fake_world, local_bytes, real_mesh, same_rows_everywhere
 from weighted_mtp.plan.tracker import PlainTracker, flop_counter, peak, tracker_for
+from weighted_mtp.training import compile as speed
 from weighted_mtp.training import fsdp
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallel import build as build_parallel
@@ -54,6 +55,7 @@ class RankResult:
     step_seconds: list[float] = field(default_factory=list)  # run_rank(timed_steps=N)
     comm_bytes: dict[str, int] = field(default_factory=dict)  # collective -> bytes per step
     sharded: bool = False
+    grad_bytes: int = 0  # this rank's trainable parameters (its gradient shard), bytes
 
 
 def fake_batch(cfg: DictConfig, vocab_size: int, batch_size: int, device: torch.device) -> Batch:
@@ -149,7 +151,15 @@ def simulate_rank(
         mock.patch.object(distributed, "all_gather_rows", same_rows_everywhere),
     ):
         info = DistInfo(rank, world_size, rank)
-        return run_rank(cfg, policy, reference, info, torch.device("cpu"), checkpoint_dtype)
+        return run_rank(
+            cfg,
+            policy,
+            reference,
+            info,
+            torch.device("cpu"),
+            checkpoint_dtype,
+            compile_blocks=False,
+        )
 
 
 def run_rank(
@@ -160,6 +170,7 @@ def run_rank(
     device: torch.device,
     checkpoint_dtype: torch.dtype = torch.bfloat16,
     timed_steps: int = 0,
+    compile_blocks: bool = True,
 ) -> RankResult:
     """Build, load and run one optimizer step + a validation batch of this rank, tracked.
 
@@ -177,6 +188,7 @@ def run_rank(
         t_cfg.activation_checkpointing, t_cfg.activation_checkpointing_blocks
     )
     task = build_task(cfg, model)
+    speed.apply(t_cfg, model, task, compile_blocks=compile_blocks)  # fake tensors: eager
     adapters = lora.config_of(cfg)
     prepare_policy(model, task, adapters is not None)
     parallel.load(model, ShapeReader(args, checkpoint_dtype))  # type: ignore[arg-type]
@@ -232,6 +244,7 @@ def run_rank(
         comm_bytes=dict(tracker.comm_bytes),
         sharded=parallel.sharded,
         step_seconds=step_seconds,
+        grad_bytes=local_bytes(params),
     )
 
 

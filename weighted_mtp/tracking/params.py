@@ -6,7 +6,11 @@
   sanitised to MLflow's allowed characters), so runs filter as ``tags.<item> = 'true'``;
   plus tag ``tags`` holding the items joined with ``", "`` verbatim;
   ``experiment.stage`` -> tag ``stage``; ``experiment.description`` -> tag
-  ``mlflow.note.content`` (the UI's description field) (:func:`run_tags`).
+  ``mlflow.note.content`` (the UI's description field) (:func:`run_tags`);
+* the CUDA allocator setting of this process (:mod:`weighted_mtp.cuda_alloc`) -> params
+  ``runtime.cuda_alloc_conf`` (the value) and ``runtime.cuda_alloc_conf_source``
+  (``default``: set by the entry point; ``user:<VARIABLE>``; ``unset``), added by
+  :func:`flatten_config` (:func:`runtime_params`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from weighted_mtp import cuda_alloc
 
 PARAM_VALUE_MAX = 500  # MLflow < 2.x servers reject longer values; newer allow 6000
 
@@ -44,10 +50,18 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
-    """Flatten a (resolved when possible) config to ``{"a.b.c": "value"}`` params."""
+def flatten_config(cfg: DictConfig | Mapping[str, Any], runtime: bool = True) -> dict[str, str]:
+    """Flatten a (resolved when possible) config to ``{"a.b.c": "value"}`` params; with
+    ``runtime``, plus this process's :func:`runtime_params` (a config key wins)."""
     data = plain_config(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    return dict(_flatten(data, ""))
+    flat = dict(_flatten(data, ""))
+    return (runtime_params() | flat) if runtime else flat
+
+
+def runtime_params() -> dict[str, str]:
+    """Settings of this process a run depends on that are not config fields: the CUDA
+    allocator configuration and where it came from (:mod:`weighted_mtp.cuda_alloc`)."""
+    return cuda_alloc.current().params()
 
 
 def plain_config(node: DictConfig) -> dict[str, Any]:

@@ -40,6 +40,14 @@ gradient (0.52 GB) during the micro-batch.
 Validation (:func:`resharded_after`) runs the same passes without backward: every rank
 must run the same number of batches (the validator pads), ``norm``/``output`` stay
 gathered until validation ends.
+
+HSDP (``runtime.distributed=hsdp``, :func:`build_mesh`): the same units over a 2-D mesh
+``(replicate, shard)`` = ``(nodes, ranks per node)``: each unit sharded over the ranks of
+its node and replicated across nodes. Per unit and micro-batch a gradient is
+reduce-scattered within the node, then its shard all-reduced across nodes (FSDP2 does
+both where the above says "reduce-scattered"; SUM, divide factor 1, as above);
+all-gathers stay within the node. Rank r sits at ``(r // per_node, r % per_node)``:
+the launchers number ranks node by node, so a shard group is one node's ranks.
 """
 
 from __future__ import annotations
@@ -49,13 +57,14 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import implicit_replication
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
+from weighted_mtp.models.reader import CheckpointReader
 
 
 def trunk_units(model: MTPTransformer) -> list[nn.Module]:
@@ -81,21 +90,49 @@ def is_dtensor(t: torch.Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
+def check_nodes(world_size: int, nodes: int) -> None:
+    """HSDP's ``nodes``: >= 1 and dividing the world size (UserError otherwise)."""
+    if nodes < 1 or world_size % nodes:
+        raise UserError(
+            f"runtime.nodes={nodes}: runtime.distributed=hsdp needs the {world_size} ranks "
+            f"split evenly over >= 1 nodes (world size % nodes == 0). Fix: --override "
+            "runtime.nodes=<the number of nodes>, or launch the same number of processes "
+            "on every node"
+        )
+
+
+def build_mesh(device: torch.device, world_size: int, nodes: int | None = None) -> DeviceMesh:
+    """FSDP's mesh: 1-D over every rank (``nodes`` None: fsdp), or HSDP's 2-D
+    ``(replicate, shard)`` = ``(nodes, world_size // nodes)``."""
+    if nodes is None:
+        return init_device_mesh(device.type, (world_size,))
+    check_nodes(world_size, nodes)
+    return init_device_mesh(
+        device.type, (nodes, world_size // nodes), mesh_dim_names=("replicate", "shard")
+    )
+
+
 def shard(
-    model: MTPTransformer, device: torch.device, world_size: int, amp: torch.dtype | None
+    model: MTPTransformer,
+    device: torch.device,
+    world_size: int,
+    amp: torch.dtype | None,
+    nodes: int | None = None,
 ) -> None:
-    """Apply FSDP2 in place (parameters become DTensor shards on ``device``).
+    """Apply FSDP2 in place (parameters become DTensor shards on ``device``); ``nodes``
+    set: HSDP, sharded within each node and replicated across nodes (:func:`build_mesh`).
 
     ``model`` may live on the meta device: then its shards stay on the meta device until
     the caller materialises them (``to_empty`` + loading) and calls :func:`lazy_init`;
     otherwise this moves the shards to ``device`` and initialises FSDP.
     """
     if amp == torch.float16:
+        mode = "fsdp" if nodes is None else "hsdp"
         raise UserError(
-            "runtime.distributed=fsdp does not support runtime.amp_dtype=float16 (the grad "
+            f"runtime.distributed={mode} does not support runtime.amp_dtype=float16 (the grad "
             "scaler would check only its own shard): use bfloat16"
         )
-    mesh = init_device_mesh(device.type, (world_size,))
+    mesh = build_mesh(device, world_size, nodes)
     mp = (
         MixedPrecisionPolicy(amp, torch.float32, cast_forward_inputs=False)
         if amp is not None
@@ -118,6 +155,21 @@ def shard(
         u.set_modules_to_backward_prefetch([prefetch])  # type: ignore[list-item]
     if not any(p.is_meta for p in model.parameters()):
         lazy_init(model, device)
+
+
+@torch.no_grad()
+def load_local_chunks(model: nn.Module, reader: CheckpointReader) -> None:
+    """Fill a materialised sharded ``model`` from ``reader`` (any mesh: a DTensor's local
+    chunk is rows ``[offset, offset + local rows)`` of dim 0): each rank reads its rows."""
+    for name, p in model.named_parameters():
+        if not isinstance(p, DTensor):
+            p.copy_(reader.rows(name, 0, p.shape[0]))
+            continue
+        local = p.to_local()
+        if local.numel() == 0:
+            continue
+        start = int(p.__create_chunk_list__()[0].offsets[0])
+        local.copy_(reader.rows(name, start, start + local.shape[0]))
 
 
 def lazy_init(model: MTPTransformer, device: torch.device) -> None:

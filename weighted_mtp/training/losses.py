@@ -7,7 +7,10 @@ Head k (0-based) at position t predicts token t+k+1. The loss is
 
 ``mtp_loss`` runs head after head against a detached trunk output and computes the
 vocabulary projection + CE in chunks of ``chunk_size`` tokens, so at most one chunk of
-fp32 logits [chunk, V] exists at a time (the paper's O(V) instead of O(n·V) trick).
+fp32 logits [chunk, V] exists at a time (the paper's O(V) instead of O(n·V) trick); the
+chunk's CE (``_InPlaceCE``) turns that buffer in place into its own gradient, so it is
+the only [chunk, V] buffer of the chunk's backward too. ``chunk_size`` is
+``training.loss_chunk_size``.
 Every head runs, even without valid targets (one empty chunk), so the passes through the
 head units are the same on every rank (FSDP issues the same collectives); each chunk runs
 autocast without its cast cache, so no chunk input outlives its chunk.
@@ -89,9 +92,41 @@ def _uncached_autocast(device: torch.device) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
+#: the chunk's CE with a gradient through :class:`_InPlaceCE` (one [chunk, V] fp32 buffer);
+#: False: ``F.cross_entropy`` (autograd keeps the log-softmax, then makes the gradient).
+#: An internal switch for benchmarks/compile.py's comparison.
+FUSED_CE = True
+
+
+class _InPlaceCE(torch.autograd.Function):
+    """Per-token CE of fp32 logits [N,V] against targets [N]; the logits tensor (a fresh
+    one, owned by the caller: the chunk's projection output, which the projection's
+    backward does not need) is overwritten with softmax - onehot and kept for backward,
+    which scales it in place by the incoming per-token gradient (the weights / the
+    denominator). So one [N,V] buffer lives per chunk instead of log-softmax + its
+    gradient. Values: logsumexp(x) - x[target], the same CE as ``F.cross_entropy``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, tgt: Tensor) -> Tensor:  # type: ignore[override]
+        lse = torch.logsumexp(logits, dim=-1)
+        ce = lse - logits.gather(1, tgt[:, None]).squeeze(1)
+        logits.sub_(lse[:, None]).exp_()
+        logits[torch.arange(tgt.numel(), device=tgt.device), tgt] -= 1.0
+        ctx.save_for_backward(logits)
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (g,) = ctx.saved_tensors
+        return g.mul_(grad_ce[:, None]), None
+
+
 def _chunk_ce(model: MTPTransformer, z: Tensor, tgt: Tensor) -> Tensor:
     """Per-token CE of normed hidden rows z [N,D] against targets [N] (fp32 logits)."""
-    return F.cross_entropy(model.output(z).float(), tgt, reduction="none")
+    logits = model.output(z).float()
+    if FUSED_CE and torch.is_grad_enabled() and logits.requires_grad:
+        return _InPlaceCE.apply(logits, tgt)
+    return F.cross_entropy(logits, tgt, reduction="none")
 
 
 def mtp_loss(

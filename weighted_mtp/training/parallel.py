@@ -1,9 +1,12 @@
-"""Data parallelism as one object the training step calls: ``Replicated`` or ``Sharded``.
+"""Data parallelism as one object the training step calls: ``Replicated``, ``Sharded`` or
+``HybridSharded``.
 
 ``runtime.distributed`` picks it (:func:`build`): ``ddp`` (and any single process) is
 :class:`Replicated` - a full replica per rank, gradients summed over ranks once per
 optimizer step; ``fsdp`` with several processes is :class:`Sharded` - the policy sharded
-with FSDP2 (:mod:`weighted_mtp.training.fsdp`). Both expose the same hooks, called by
+with FSDP2 over every rank (:mod:`weighted_mtp.training.fsdp`); ``hsdp`` is
+:class:`HybridSharded` - FSDP2 over a 2-D mesh, sharded within a node and replicated
+across ``runtime.nodes`` nodes. All expose the same hooks, called by
 :func:`weighted_mtp.training.step.optimizer_step` in this order::
 
     load(model, reader)                  # once: a meta-device policy, materialised (sharded)
@@ -97,13 +100,57 @@ class Sharded(Replicated):
         return fsdp.resharded_after(model)
 
 
+class HybridSharded(Sharded):
+    """HSDP: :class:`Sharded` over a 2-D mesh ``(replicate, shard)`` = (nodes, ranks per
+    node): the policy sharded within a node, replicated across nodes (FSDP2 reduce-scatters
+    a gradient within the node, then all-reduces the shard across nodes). ``nodes`` None:
+    from the launcher's environment (:func:`weighted_mtp.distributed.node_count`)."""
+
+    def __init__(
+        self,
+        info: dist.DistInfo,
+        device: torch.device,
+        amp: torch.dtype | None,
+        nodes: int | None = None,
+    ):
+        super().__init__(info, device, amp)
+        self.nodes = dist.node_count(info, nodes)
+        fsdp.check_nodes(info.world_size, self.nodes)
+
+    def load(self, model: MTPTransformer, reader: CheckpointReader) -> None:
+        """As :meth:`Sharded.load`: each rank reads only its own chunk of every parameter
+        (the same rows on every node)."""
+        fsdp.shard(model, self.device, self.info.world_size, self.amp, self.nodes)
+        model.to_empty(device=self.device)
+        if reader.dcp:  # dcp.load fills any mesh's DTensors
+            load_weights(model, reader)
+        else:
+            fsdp.load_local_chunks(model, reader)
+        fsdp.lazy_init(model, self.device)
+
+    def prepare(self, model: MTPTransformer) -> None:
+        fsdp.shard(model, self.device, self.info.world_size, self.amp, self.nodes)
+
+
 #: ``runtime.distributed`` -> its parallelism over several processes (one process: Replicated)
-PARALLELISMS: dict[str, type[Replicated]] = {"ddp": Replicated, "fsdp": Sharded}
+PARALLELISMS: dict[str, type[Replicated]] = {
+    "ddp": Replicated,
+    "fsdp": Sharded,
+    "hsdp": HybridSharded,
+}
 
 
 def build(
-    distributed: str, info: dist.DistInfo, device: torch.device, amp: torch.dtype | None
+    distributed: str,
+    info: dist.DistInfo,
+    device: torch.device,
+    amp: torch.dtype | None,
+    nodes: int | None = None,
 ) -> Replicated:
-    """The parallelism for ``runtime.distributed`` (``fsdp`` shards only with >1 process)."""
-    cls = PARALLELISMS[distributed] if info.enabled else Replicated
-    return cls(info, device, amp)
+    """The parallelism for ``runtime.distributed`` (``fsdp``/``hsdp`` shard only with >1
+    process); ``nodes`` is ``runtime.nodes`` (hsdp's replicas; None: from the environment)."""
+    if not info.enabled:
+        return Replicated(info, device, amp)
+    if distributed == "hsdp":
+        return HybridSharded(info, device, amp, nodes)
+    return PARALLELISMS[distributed](info, device, amp)

@@ -42,7 +42,9 @@ class Task:
     gamma: float = 1.0
     lam: float = 1.0
     reference: ReferenceCE | None = None
-    chunk_size: int = 1024  # tokens per logits chunk of the MTP loss
+    # tokens per logits chunk of the MTP loss (training.loss_chunk_size, set by
+    # weighted_mtp.training.compile.apply)
+    chunk_size: int = 1024
     # called once before the first step with every batch this rank will train on
     # (rho1: the reference scores them into its cache, then is released)
     prepare: Callable[[Iterable[Batch]], None] | None = None

@@ -8,7 +8,8 @@ safetensors files of one *part* (``model``, ``optimizer``, ``rng``):
 - sharded (FSDP2, DTensor leaves): ``{part}-{rank:05d}-of-{world:05d}.safetensors`` written
   by every rank in parallel: its local chunk of each DTensor (the file's metadata
   ``chunks`` gives each chunk's global shape and offsets) and, on rank 0, the plain
-  tensors. Nothing is gathered.
+  tensors. Nothing is gathered. Under hsdp only the first node's ranks write chunks (the
+  other nodes hold copies of them; their files are empty).
 
 :class:`PartReader` reads a part back: a full tensor (chunks assembled), or the chunk a
 DTensor of *this* run needs (any world size: overlapping regions are copied from the
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate
 
 from weighted_mtp.training.checkpoint.files import CheckpointError, Manifest
 
@@ -82,6 +83,8 @@ def write_part(
     chunks: dict[str, dict[str, list[int]]] = {}
     for key, t in tensors.items():
         if isinstance(t, DTensor):
+            if _replica(t):
+                continue  # hsdp: another node's copy of a chunk the first node writes
             local = t.to_local()
             offsets = list(t.__create_chunk_list__()[0].offsets)
             full = tuple(local.shape) == tuple(t.shape)
@@ -96,6 +99,15 @@ def write_part(
     name = part_files(part, rank, world, sharded)
     save_file(out, str(directory / name), metadata={"chunks": json.dumps(chunks)})
     return name
+
+
+def _replica(t: DTensor) -> bool:
+    """``t``'s chunk is a copy held along a replicated mesh dimension (HSDP's mesh
+    ``(replicate, shard)``: a node other than the first)."""
+    coord = t.device_mesh.get_coordinate()
+    if coord is None:  # not on this rank's mesh
+        return False
+    return any(isinstance(p, Replicate) and c for p, c in zip(t.placements, coord, strict=True))
 
 
 class PartReader:
