@@ -9,15 +9,15 @@ STAMP   := $(VENV)/.installed
 
 install: bwrap $(STAMP)
 
-# bubblewrap: the sandbox of `evaluate` and `prepare synthetic` (README: Security model).
+# bubblewrap: the sandbox of `evaluate` and `prepare synthetic` (docs/evaluation.md: Security model).
 # Installed with apt when missing (as root, or with passwordless sudo); otherwise says how.
 bwrap:
 	@command -v bwrap >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	  else echo "bwrap is missing: install bubblewrap (README: Security model)" >&2; exit 0; fi; \
+	  else echo "bwrap is missing: install bubblewrap (docs/evaluation.md: Security model)" >&2; exit 0; fi; \
 	  if ! command -v apt-get >/dev/null; then \
-	    echo "bwrap is missing: install bubblewrap (README: Security model)" >&2; exit 0; fi; \
+	    echo "bwrap is missing: install bubblewrap (docs/evaluation.md: Security model)" >&2; exit 0; fi; \
 	  $$sudo apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from weighted_mtp.config.validate import summary, validate
 from weighted_mtp.distributed import env_info
-from weighted_mtp.errors import UserError
+from weighted_mtp.errors import UserError, fix
 
 
 def run(cfg: DictConfig, *, source: str = "config") -> Any:
@@ -18,10 +20,16 @@ def run(cfg: DictConfig, *, source: str = "config") -> Any:
     A stage is the module ``weighted_mtp.stages.<experiment.stage>`` with a
     ``run(cfg)`` function; adding a stage is that module plus ``conf/stage/<name>.yaml``.
     """
+    from weighted_mtp.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()
     validate(cfg, source=source)
     check_runtime(cfg)
+    warning = check_save_dir(cfg)
     if env_info().is_main:
         print(f"Config valid: {source}\n{summary(cfg)}", flush=True)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     stage = cfg.experiment.stage
     try:
         module = importlib.import_module(f"weighted_mtp.stages.{stage}")
@@ -32,7 +40,31 @@ def run(cfg: DictConfig, *, source: str = "config") -> Any:
             f"stage {stage!r} has a config (conf/stage/{stage}.yaml) but no implementation "
             f"(weighted_mtp/stages/{stage}.py)"
         ) from None
-    return module.run(cfg)
+    result = module.run(cfg)
+    if env_info().is_main:
+        print_run_dir()
+    return result
+
+
+def check_save_dir(cfg: DictConfig) -> str | None:
+    """Refuse a fresh run whose ``checkpoint.save_dir`` holds another run's checkpoints
+    (a UserError with the fixes); a warning for a re-run of the same config."""
+    from omegaconf import OmegaConf
+
+    from weighted_mtp.training.checkpoint.reader import absolute_paths
+    from weighted_mtp.training.checkpoint.save_dir import refuse_overwrite
+
+    config = absolute_paths(OmegaConf.to_container(cfg, resolve=True))
+    return refuse_overwrite(Path(cfg.checkpoint.save_dir), config, cfg.checkpoint.resume)
+
+
+def print_run_dir() -> None:
+    """Under ``wmtp``: the job's output dir (its log, result.json and .hydra/ config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        out = HydraConfig.get().runtime.output_dir
+        print(f"  run dir: {out} (log, result.json, .hydra/config.yaml)", flush=True)
 
 
 def check_runtime(cfg: DictConfig) -> None:
@@ -53,7 +85,9 @@ def check_runtime(cfg: DictConfig) -> None:
             "--override runtime.device=auto (or cpu), or run on a GPU node"
         )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError("runtime.device=mps: MPS is not available here. Fix: runtime.device=auto")
+        raise UserError(
+            f"runtime.device=mps: MPS is not available here. Fix: {fix('runtime.device=auto')}"
+        )
     tok = load_tokenizer(config_tokenizer_path(cfg))
     template = 1 + len(tok.encode(format_prompt("", "")))  # BOS + the fixed prompt text
     if cfg.dataset.max_length < template + 1:

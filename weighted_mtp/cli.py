@@ -23,11 +23,18 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from weighted_mtp import app
+from weighted_mtp import app, cuda_alloc
 from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config import overrides as ov
 from weighted_mtp.config.schema import register_schema, structured
-from weighted_mtp.errors import USER_ERROR_EXIT_CODE, UserError, report, run_reported, user_error_in
+from weighted_mtp.errors import (
+    USER_ERROR_EXIT_CODE,
+    UserError,
+    report,
+    run_reported,
+    set_cli,
+    user_error_in,
+)
 from weighted_mtp.sweep.naming import JobInfo, name_job
 from weighted_mtp.sweep.results import write_result
 from weighted_mtp.sweep.summary import STATE as SWEEP
@@ -64,11 +71,44 @@ def _translate_argv(argv: list[str], config_name: str = "config") -> list[str]:
             out.append(arg)
             takes_value = arg in _FLAGS_WITH_VALUE
             continue
-        out.append(ov.translate(arg))  # raises OverrideError unless key=value
+        out.append(_schema_checked(ov.translate(arg), config_name))  # OverrideError: not k=v
         overrides.append(out[-1])
+    _check_modes(argv)
     if config_name == "config":
         _check_list_indexes(overrides)
     return out
+
+
+def _check_modes(argv: list[str]) -> None:
+    """Hydra raises a bare ValueError (a traceback) for ``wmtp -m ... --cfg job``."""
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    other = [a for a in argv if a in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
+    if sweep and other:
+        raise UserError(
+            f"-m (a sweep) and {other[0]} cannot be combined: Hydra does one of them. Fix: "
+            f"print one job's config with one value per key, e.g. wmtp stage=rho1 "
+            f"training.k_percent=0.4 {other[0]} job; or run the sweep without {other[0]}"
+        )
+
+
+def _schema_checked(override: str, config_name: str) -> str:
+    """Hydra's own message for ``training.lr=0.1`` suggests ``+training.lr=0.1``, which a
+    typed schema refuses too: name the closest field instead. ``~training.x`` (Hydra cannot
+    delete a typed field) resets the field to the schema's default."""
+    from weighted_mtp.config.schema import EvalRootConfig, WmtpConfig
+
+    root = WmtpConfig if config_name == "config" else EvalRootConfig
+    key = override.partition("=")[0]
+    bare = key.lstrip("+~")
+    if "." not in bare or bare.split(".")[0] in ("hydra", "weighting"):
+        return override  # a config group choice, Hydra's own node or the free-form weighting
+    if key.startswith("~"):
+        return ov.reset_override(bare, root) or override
+    if not key.startswith("+"):
+        problem = ov.unknown_field(bare, root)
+        if problem:
+            raise ov.OverrideError(f"{override!r}: {problem}")
+    return override
 
 
 def _check_list_indexes(overrides: list[str]) -> None:
@@ -93,6 +133,7 @@ def _check_list_indexes(overrides: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> object:
     global _task_started
+    cuda_alloc.configure()  # a submitit / Slurm job enters here, not through main()
     _task_started = True
     job = JobInfo.current()
     name_job(cfg, job)
@@ -127,6 +168,8 @@ def _since(t0: float) -> float:
 
 
 def main() -> None:
+    set_cli("hydra")
+    cuda_alloc.configure()  # before anything touches CUDA (torchrun ranks start here too)
     register_schema()
     try:
         args = _translate_argv(sys.argv[1:])
@@ -175,6 +218,8 @@ def _hydra_evaluate(cfg: DictConfig) -> dict:
 
 def evaluate_main() -> None:
     """``wmtp-eval``: pass@k of a checkpoint, composed from conf/evaluate.yaml."""
+    set_cli("hydra")
+    cuda_alloc.configure()
     register_schema()
     try:
         sys.argv = [sys.argv[0], *_translate_argv(sys.argv[1:], "evaluate")]
@@ -192,6 +237,8 @@ def plan_main() -> None:
     config composed from conf/ (Hydra overrides; plan options start with ``--``)."""
     import argparse
 
+    cuda_alloc.configure()
+
     from weighted_mtp.config.loader import compose
     from weighted_mtp.plan.command import add_plan_arguments, plan_and_print
 
@@ -201,6 +248,7 @@ def plan_main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
     add_plan_arguments(parser)
     args = parser.parse_args()
+    set_cli("hydra")
 
     def body() -> int:
         try:

@@ -13,6 +13,35 @@ from collections.abc import Callable
 USER_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 1
 
+# The command line in use, so a fix reads in its syntax: "seed" (python -m weighted_mtp,
+# ``--override key=value``) or "hydra" (wmtp, wmtp-eval, wmtp-plan: ``key=value``).
+_CLI = {"style": "seed"}
+
+
+def set_cli(style: str) -> None:
+    """Say which command line is running (``seed`` or ``hydra``); entry points call it."""
+    _CLI["style"] = style
+
+
+def cli_style() -> str:
+    return _CLI["style"]
+
+
+def fix(*assignments: str) -> str:
+    """``key=value`` assignments as the running command line takes them: ``wmtp``'s
+    ``a=1 b=2`` or the seed's ``--override a=1 --override b=2``."""
+    if _CLI["style"] == "hydra":
+        return " ".join(assignments)
+    return " ".join(f"--override {a}" for a in assignments)
+
+
+def in_cli_syntax(message: str) -> str:
+    """``message`` with its seed-form fixes (``--override key=value``) in the running
+    command line's syntax."""
+    if _CLI["style"] == "hydra":
+        return message.replace("--override ", "")
+    return message
+
 
 class UserError(Exception):
     """Bad input from the user (config, override, path, data file).
@@ -50,7 +79,7 @@ def report(exc: BaseException) -> int | None:
         shown, code = exc, DIVERGED_EXIT_CODE
     else:
         return None
-    print(f"error: {shown}", file=sys.stderr, flush=True)
+    print(f"error: {in_cli_syntax(str(shown))}", file=sys.stderr, flush=True)
     return code
 
 

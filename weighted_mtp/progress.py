@@ -8,6 +8,7 @@ writes one plain line every ``every`` updates and one at the end.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import TextIO
@@ -22,6 +23,35 @@ def is_terminal(stream: TextIO) -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+# What turns off other libraries' tqdm bars (huggingface_hub / transformers downloads and
+# shard loading, datasets' map, tqdm itself from 4.66 on: TQDM_DISABLE).
+THIRD_PARTY_BAR_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def quiet_third_party_bars(stream: TextIO | None = None) -> bool:
+    """In file mode (``stream``, default stderr, is not a terminal) turn off the progress
+    bars of third-party libraries, whose ``\\r`` redraws would fill a log file; this
+    module's :class:`Progress` writes plain lines there instead. Returns whether it did.
+    A variable the user set is kept."""
+    if is_terminal(stream if stream is not None else sys.stderr):
+        return False
+    for key, value in THIRD_PARTY_BAR_ENV.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:  # already imported: it read the env var then
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except Exception:  # noqa: BLE001 - an old transformers: nothing to turn off
+            pass
+    return True
 
 
 class Progress:
@@ -53,7 +83,7 @@ class Progress:
         if enabled and is_terminal(self.stream):
             self.bar = tqdm(
                 total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
-                dynamic_ncols=True,
+                dynamic_ncols=True, disable=False,  # a terminal: TQDM_DISABLE is for others
             )  # fmt: skip
 
     def update(self, n: int = 1, status: str = "") -> None:

@@ -63,10 +63,10 @@ def test_lr_schedule_fields(make_cfg) -> None:
         "training.min_lr_ratio=0.1",
     )
     lrs = train_lrs(app.run(cfg))
-    # the lr logged after step i is the one the next step uses (scheduler already stepped)
-    expected = [1e-3 * lr_factor(i, 8, 2, "linear", 0.1) for i in range(1, 9)]
+    # the lr logged at step i is the one that step trained with
+    expected = [1e-3 * lr_factor(i, 8, 2, "linear", 0.1) for i in range(8)]
     assert lrs == pytest.approx(expected)
-    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert lrs[0] == pytest.approx(5e-4) and lrs[-1] == pytest.approx(1e-4)
 
 
 def test_lr_factor_shapes() -> None:

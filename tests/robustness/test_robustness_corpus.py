@@ -243,12 +243,22 @@ DATA: dict[str, Case] = {
         lambda e: [e.rec(metadata={"source": "s", "problem_id": "p"})], 1, "metadata.difficulty"
     ),
     "difficulty_range": data_lines(
-        lambda e: [e.rec(), e.rec(meta_difficulty=99999)], 2, "outside the index's range"
+        lambda e: [e.rec(), e.rec(task_id="b", meta_difficulty=99999)],
+        2,
+        "outside the index's range",
     ),
     "problem_id_type": data_lines(lambda e: [e.rec(meta_problem_id=5)], 1, "problem_id"),
     "json_list": data_lines(lambda e: ["[1, 2]"], 1, "expected a JSON object"),
-    "non_utf8_line": data_lines(lambda e: [e.rec(), e.rec(), b"\xff\xfe{}"], 3, "malformed"),
+    "non_utf8_line": data_lines(
+        lambda e: [e.rec(), e.rec(task_id="b"), b"\xff\xfe{}"], 3, "malformed"
+    ),
     "metadata_type": data_lines(lambda e: [e.rec(metadata=[1])], 1, "metadata"),
+    "duplicate_task_id": data_lines(
+        lambda e: [e.rec(), e.rec(task_id="other"), e.rec()], 3, "duplicate task_id"
+    ),
+    "too_many_tests": data_lines(
+        lambda e: [e.rec(meta_tests=[{"input": "", "output": ""}] * 1001)], 1, "over the cap"
+    ),
 }
 
 

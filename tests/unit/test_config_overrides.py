@@ -112,3 +112,23 @@ def test_flat_file_round_trip_equals_composition(tmp_path: Path) -> None:
     f = tmp_path / "rho1.yaml"
     f.write_text(OmegaConf.to_yaml(composed))
     assert OmegaConf.to_container(load_flat(f)) == OmegaConf.to_container(composed)
+
+
+def test_flat_file_lists_every_unknown_key_and_every_bad_override(tmp_path: Path) -> None:
+    text = OmegaConf.to_yaml(compose())
+    text = text.replace("  batch_size:", "  batch_sz:").replace("  max_length:", "  max_lenght:")
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_flat(f)
+    lines = sorted(str(exc.value).splitlines(), key=lambda x: "training" in x)
+    assert len(lines) == 2  # in file order, each with its line
+    assert "dataset.max_lenght" in lines[0] and "did you mean dataset.max_length" in lines[0]
+    assert "training.batch_sz" in lines[1] and "did you mean training.batch_size" in lines[1]
+    good = tmp_path / "good.yaml"
+    good.write_text(OmegaConf.to_yaml(compose()))
+    with pytest.raises(UserError) as exc:
+        load_flat(good, ["training.batch_size=abc", "training.beta=0.5", "runtime.seed=xyz"])
+    message = str(exc.value)
+    assert "training.batch_size" in message and "runtime.seed" in message
+    assert len(message.splitlines()) == 2

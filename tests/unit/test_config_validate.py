@@ -109,7 +109,8 @@ def test_stage_specific_paths(path_overrides, tmp_path) -> None:
     text = problems(
         ["stage=verifiable", f"experiment.critic_checkpoint={tmp_path}/c.pt"], path_overrides
     )
-    assert "critic checkpoint path does not exist" in text
+    assert "no critic checkpoint there" in text and "train the critic first" in text
+    assert "setup" not in text  # not the micro assets' command: the critic stage is missing
 
 
 def test_all_problems_are_reported_together(path_overrides) -> None:
@@ -169,3 +170,67 @@ def test_weighting_follows_its_training_address(path_overrides) -> None:
     assert "weighting.k_percent = 0.2: differs from training.k_percent" in text
     # following the address (the stage's interpolation) is fine
     validate(compose([*path_overrides, "stage=verifiable", "training.beta=0.5"]), check_paths=False)
+
+
+def test_rules_and_validate_share_problems_without_a_cycle() -> None:
+    import ast
+    from pathlib import Path
+
+    import weighted_mtp.config.problems as problems_mod
+    from weighted_mtp.config import validate as validate_mod
+
+    assert validate_mod.Checker is problems_mod.Checker
+    root = Path(problems_mod.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert "weighted_mtp.config.validate" not in imports("rules")
+    assert not {"weighted_mtp.config.validate", "weighted_mtp.config.rules"} & imports("problems")
+
+
+@pytest.mark.parametrize(
+    ("key", "guess"),
+    [
+        ("training.lr", "training.learning_rate"),
+        ("training.batch_sz", "training.batch_size"),
+        ("trainin.batch_size", "training.batch_size"),
+        ("training.log_intervl", "training.log_interval"),
+        ("training.nope", None),
+    ],
+)
+def test_did_you_mean(key: str, guess: str | None) -> None:
+    from weighted_mtp.config.overrides import did_you_mean
+
+    assert did_you_mean(key) == guess
+
+
+def test_n_samples_zero_does_not_suggest_batch_size_zero(path_overrides) -> None:
+    text = problems(["data_sampling.n_samples=0"], path_overrides, check_paths=False)
+    assert "data_sampling.n_samples = 0" in text
+    assert "training.batch_size=0" not in text
+
+
+def test_fixes_follow_the_command_line(path_overrides) -> None:
+    from weighted_mtp.errors import set_cli
+
+    try:
+        set_cli("hydra")
+        text = problems(["training.batch_size=0"], path_overrides, check_paths=False)
+        assert "Fix: training.batch_size=8" in text and "--override" not in text
+    finally:
+        set_cli("seed")
+    text = problems(["training.batch_size=0"], path_overrides, check_paths=False)
+    assert "Fix: --override training.batch_size=8" in text
+
+
+def test_summary_json_has_no_bare_nan() -> None:
+    import json
+
+    from weighted_mtp.evaluation.evaluate import summary_json
+
+    text = summary_json({"pass@1": 0.5, "by_difficulty": {"low": {"pass@1": float("nan")}}})
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert data["by_difficulty"]["low"]["pass@1"] is None
+    assert data["null_fields"] == ["by_difficulty.low.pass@1"] and "null_note" in data

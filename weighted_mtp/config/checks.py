@@ -40,13 +40,15 @@ def declared(c: Any, node: Any, prefix: str) -> None:
     for key in node:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = [d for d in sorted(names) if d[:3] == str(key)[:3]]
-            hint = f"did you mean {prefix}.{close[0]}? Else " if close and prefix else ""
+            from weighted_mtp.config.overrides import did_you_mean
+
+            close = did_you_mean(full.replace("[", ".").replace("]", ""))
+            hint = f"did you mean {close}? Else " if close else ""
             c.add(
                 full,
                 OmegaConf.select(node, str(key), throw_on_missing=False),
                 "is not a field of the schema (a key added with '+' must exist too)",
-                f"{hint}remove it (README's field reference lists every field)",
+                f"{hint}remove it (the config field reference, docs/reference, lists every field)",
             )
         elif full != "weighting":
             declared(c, node._get_node(key), full)

@@ -62,6 +62,18 @@ def load_flat(path: str | Path, overrides: list[str] | None = None) -> DictConfi
         raise UserError(f"{path}: expected a mapping of sections (experiment:, models:, ...)")
     data.pop("hydra", None)
     _check_sections(data, WmtpConfig, "", text, path)
+    unknown = [
+        f"{path}:{_line_of(text, key) or '?'}: {key}: not a field of the config; "
+        + (
+            f"did you mean {guess}? Fix: rename it"
+            if (guess := ov.did_you_mean(key))
+            else "Fix: remove it (the config field reference, docs/reference, lists every field)"
+        )
+        for key in _leaf_keys(data)
+        if ov.unknown_field(key)
+    ]
+    if unknown:  # every mistyped key at once, not the first only
+        raise UserError("\n".join(unknown))
     try:
         cfg = structured(OmegaConf.create(data))
     except OmegaConfBaseException as exc:
@@ -142,12 +154,31 @@ def safe_load(text: str, path: Path) -> object:
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """Apply seed-style overrides, turning schema violations into :class:`UserError`."""
+    """Apply seed-style overrides, turning schema violations into one :class:`UserError`
+    that lists every bad override (the good ones are applied)."""
+    problems = []
     for override in overrides:
         try:
             ov.apply(cfg, [override])
         except OmegaConfBaseException as exc:
-            raise UserError(f"override {override!r}: {exc.full_key}: {_first_line(exc)}") from None
+            problems.append(f"override {override!r}: {exc.full_key}: {_first_line(exc)}")
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def _leaf_keys(data: object, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf of a YAML mapping (list items by index)."""
+    if isinstance(data, dict):
+        items = [(str(k), v) for k, v in data.items()]
+    elif isinstance(data, list):
+        items = [(str(i), v) for i, v in enumerate(data)]
+    else:
+        return [prefix]
+    if not items:
+        return [prefix] if prefix else []
+    return [k for name, v in items for k in _leaf_keys(v, f"{prefix}.{name}" if prefix else name)]
 
 
 def _check_sections(data: dict, schema: type, prefix: str, text: str, path: Path) -> None:

@@ -10,7 +10,11 @@ by Hydra's override grammar, which reads them like YAML 1.2 (``5e-5`` is a float
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import re
+import typing
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -18,7 +22,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from weighted_mtp.errors import UserError
+from weighted_mtp.config.schema import WmtpConfig
+from weighted_mtp.errors import UserError, fix
 
 _KEY_CHARS = re.compile(r"^[+~]{0,2}[A-Za-z_][\w\-./@\[\]]*$")
 _BRACKET_INDEX = re.compile(r"\[(\d+)\]")
@@ -83,6 +88,10 @@ def apply(cfg: DictConfig, overrides: list[str]) -> None:
         if ov.is_delete():
             if not exists:
                 raise OverrideError(f"{original!r}: cannot delete {key!r}, it is not in the config")
+            found, default = schema_default(key)
+            if found:  # a schema field cannot be removed: ~key resets it to its default
+                OmegaConf.update(cfg, key, default, merge=False)
+                continue
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent) if parent else cfg
             del node[int(leaf) if leaf.isdigit() else leaf]
@@ -93,7 +102,7 @@ def apply(cfg: DictConfig, overrides: list[str]) -> None:
         if bad_index:
             raise OverrideError(f"{original!r}: {bad_index}")
         if not ov.is_add() and not ov.is_force_add() and not exists:
-            raise OverrideError(f"{original!r}: no field {key!r} in the config")
+            raise OverrideError(f"{original!r}: {unknown_field(key) or f'no field {key!r}'}")
         OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())
 
 
@@ -120,6 +129,128 @@ def list_index_problem(cfg: DictConfig, key: str) -> str | None:
         path.append(part if not part.isdigit() else f"[{part}]")
         path = [".".join(path).replace(".[", "[")]
     return None
+
+
+def _field_type(cls: Any, name: str) -> Any:
+    return typing.get_type_hints(cls).get(name)
+
+
+def _walk(key: str, root: type = WmtpConfig) -> tuple[str, Any]:
+    """Follow ``key`` (Hydra form, ``a.b.0.c``) through the schema's dataclasses.
+
+    Returns ``("field", dataclasses.Field)`` for a declared field, ``("free", None)`` where
+    the path enters a part the schema does not type (``weighting``, a dict, a list item
+    that is no dataclass), ``("unknown", <known prefix>)`` at an undeclared name."""
+    cls: Any = root
+    parts = key.split(".")
+    found: Any = None
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(cls):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in fields:
+                return "unknown", ".".join(parts[:i])
+            found = fields[part]
+            cls = _field_type(cls, part)
+        elif typing.get_origin(cls) is list and part.isdigit():
+            args = typing.get_args(cls)
+            cls = args[0] if args else Any
+            found = None
+        else:
+            return "free", None
+    return ("field", found) if found is not None else ("free", None)
+
+
+def schema_keys(root: type = WmtpConfig, prefix: str = "") -> list[str]:
+    """Every declared field of the schema, dotted (sections and leaves)."""
+    out: list[str] = []
+    for f in dataclasses.fields(root):
+        full = f"{prefix}{f.name}"
+        out.append(full)
+        sub = _field_type(root, f.name)
+        if dataclasses.is_dataclass(sub):
+            out += schema_keys(sub, full + ".")
+    return out
+
+
+def _initials(name: str) -> str:
+    return "".join(w[0] for w in name.split("_") if w)
+
+
+def did_you_mean(key: str, root: type = WmtpConfig) -> str | None:
+    """The schema field closest to a mistyped ``key`` (same section first; ``lr`` also
+    matches the initials of ``learning_rate``)."""
+    keys = schema_keys(root)
+    section, _, leaf = key.rpartition(".")
+    siblings = [k for k in keys if k.rpartition(".")[0] == section]
+    by_initials = [k for k in siblings if _initials(k.rpartition(".")[2]) == leaf]
+    if by_initials:
+        return by_initials[0]
+    leaves = {k.rpartition(".")[2]: k for k in siblings}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+    if close:
+        return leaves[close[0]]
+    others = [k for k in keys if k.rpartition(".")[0] != section]  # a typo in the section
+    close = difflib.get_close_matches(key, others, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def unknown_field(key: str, root: type = WmtpConfig) -> str | None:
+    """Why ``key`` (Hydra form) is not a field of the schema, with the closest field and
+    the fix in the running command line's syntax; None when it is one (or free-form)."""
+    kind, where = _walk(key, root)
+    if kind != "unknown":
+        return None
+    guess = did_you_mean(key, root)
+    hint = (
+        f"did you mean {guess}? Fix: {fix(f'{guess}=<value>')}"
+        if guess
+        else ("Fix: use a field the config field reference lists (docs/reference)")
+    )
+    section = f" (section {where!r} has no {key[len(where) + 1 :]!r})" if where else ""
+    return f"no field {key!r} in the config{section}; {hint}"
+
+
+def schema_default(key: str, root: type = WmtpConfig) -> tuple[bool, Any]:
+    """``(True, default)`` for a declared leaf field with a default; raises
+    :class:`OverrideError` for a required one (``~key`` cannot reset it); ``(False, None)``
+    for a key the schema does not type (free-form: ``~`` deletes it)."""
+    kind, f = _walk(key, root)
+    if kind != "field":
+        return False, None
+    factory = f.default_factory
+    default = factory() if factory is not dataclasses.MISSING else f.default
+    if default is dataclasses.MISSING or default == "???":
+        raise OverrideError(
+            f"~{key}: {key} is required, so it cannot be removed or reset to a default. "
+            f"Fix: set it instead, {fix(f'{key}=<value>')}"
+        )
+    if dataclasses.is_dataclass(default):
+        default = OmegaConf.to_container(OmegaConf.structured(default))
+    return True, default
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` written in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
+
+
+def reset_override(key: str, root: type = WmtpConfig) -> str | None:
+    """``~key`` for a schema field as the ``key=<default>`` Hydra can apply to a typed
+    config (which refuses deletion); None when ``key`` is not a schema field."""
+    found, default = schema_default(key, root)
+    return f"{key}={hydra_value(default)}" if found else None
 
 
 class _Absent:

@@ -1,5 +1,5 @@
 """The rules of this tool's config fields, each adding its problems to the validator's
-:class:`~weighted_mtp.config.validate.Checker`: ranges, the allowed values (imported from
+:class:`~weighted_mtp.config.problems.Checker`: ranges, the allowed values (imported from
 the modules that implement them), the fields a stage requires, LoRA, the weighting's
 parameter addresses, the curriculum, and the memory plan when a GPU size is given."""
 
@@ -25,14 +25,14 @@ from weighted_mtp.weighting.rho1 import SCOPES as RHO1_SCOPES
 from weighted_mtp.weighting.td import ADVANTAGE_NORMS
 
 if TYPE_CHECKING:
-    from weighted_mtp.config.validate import Checker
+    from weighted_mtp.config.problems import Checker
 
 
 def plan(c: Checker) -> None:
     """Simulate the run (fake tensors, no weights read) and fail when it would not fit."""
     import sys
 
-    from weighted_mtp.distributed import env_info
+    from weighted_mtp.distributed import env_info, node_count
     from weighted_mtp.plan.build import Machine, make_plan
 
     memory = float(c.get("runtime.gpu_memory_gb"))
@@ -41,6 +41,8 @@ def plan(c: Checker) -> None:
         return
     info = env_info()
     gpus = info.world_size if info.enabled else Machine.gpus
+    if c.get("runtime.distributed") == "hsdp":  # per GPU: FSDP over one node's GPUs
+        gpus = max(1, gpus // max(1, node_count(info, c.get("runtime.nodes"))))
     try:
         result = make_plan(c.cfg, Machine(gpus=gpus, gpus_per_node=gpus, gpu_memory_gb=memory))
     except UserError as exc:  # no shape file: say so, but do not block the run
@@ -52,7 +54,7 @@ def plan(c: Checker) -> None:
             "runtime.gpu_memory_gb",
             memory,
             f"the plan of this config on {gpus} GPUs needs {result.per_gpu_peak_gb:.1f} GB per "
-            f"GPU, more than {memory:g} GB less 10% headroom",
+            f"GPU; it {result.fit_rule()}",
             f"{result.fix} (see python -m weighted_mtp plan)",
         )
 
@@ -71,6 +73,7 @@ def ranges(c: Checker) -> None:
         ("training.gradient_accumulation_steps", "1"),
         ("training.max_grad_norm", "1.0"),
         ("training.log_interval", "1"),
+        ("training.loss_chunk_size", "1024"),
         ("dataset.max_length", "2048"),
         ("data_sampling.n_samples", "1000"),
         ("training.eval_samples", "64"),
@@ -119,7 +122,7 @@ def ranges(c: Checker) -> None:
             "e.g. --override training.weight_clip_min=0.1 --override training.weight_clip_max=5.0",
         )
     batch, n = c.get("training.batch_size"), c.get("data_sampling.n_samples")
-    if batch is not None and n is not None and batch > n:
+    if batch is not None and n is not None and 0 < n < batch:  # n <= 0: reported above
         c.add(
             "training.batch_size",
             batch,
@@ -139,6 +142,7 @@ def ranges(c: Checker) -> None:
     c.choice("runtime.amp_dtype", list(AMP_DTYPES))
     c.choice("models.value_head.type", VALUE_HEAD_TYPES)
     c.choice("runtime.distributed", list(PARALLELISMS))
+    nodes(c)
     resume = c.get("checkpoint.resume")
     if resume and resume != "auto" and not Path(resume).exists():
         c.add(
@@ -166,6 +170,38 @@ def ranges(c: Checker) -> None:
                 f"{name!r} is not a field resume checks (those are: {', '.join(ALLOWABLE)})",
                 "list only fields from that list",
             )
+
+
+def nodes(c: Checker) -> None:
+    """``runtime.nodes`` >= 1; under hsdp (several ranks) the ranks split evenly over the
+    nodes, configured or told by the launcher (torchrun, Slurm)."""
+    from weighted_mtp.distributed import env_info, node_count
+
+    n = c.get("runtime.nodes")
+    ok = n is None or n >= 1
+    c.range("runtime.nodes", ok, ">= 1 (null: from the launcher's environment)", "2")
+    info = env_info()
+    if not ok or c.get("runtime.distributed") != "hsdp" or not info.enabled:
+        return
+    if n is None and info.nodes is None:
+        c.add(
+            "runtime.nodes",
+            None,
+            f"runtime.distributed=hsdp: the launcher does not tell how many nodes these "
+            f"{info.world_size} ranks run on (torchrun's LOCAL_WORLD_SIZE, Slurm's SLURM_NNODES)",
+            "--override runtime.nodes=<the number of nodes>",
+        )
+        return
+    n = node_count(info, n)
+    if info.world_size % n:
+        c.add(
+            "runtime.nodes",
+            n,
+            f"runtime.distributed=hsdp shards within a node: the {info.world_size} ranks must "
+            f"split evenly over the {n} nodes (world size % nodes == 0)",
+            "--override runtime.nodes=<the number of nodes>, with the same number of "
+            "processes on every node",
+        )
 
 
 _STAGE_REQUIRED = {
@@ -239,12 +275,12 @@ def trunk_cache(c: Checker, stage: str | None) -> None:
             "the critic's trunk is frozen",
             f"--override {key}=0 (or use it with stage=critic)",
         )
-    elif c.get("runtime.distributed") == "fsdp":
+    elif c.get("runtime.distributed") in ("fsdp", "hsdp"):
         c.add(
             key,
             mb,
-            "a sharded (fsdp) trunk's forward all-gathers on every rank, and a cache hit on one "
-            "rank would skip it",
+            f"a sharded ({c.get('runtime.distributed')}) trunk's forward all-gathers on every "
+            "rank, and a cache hit on one rank would skip it",
             f"--override runtime.distributed=ddp (a frozen bf16 trunk fits replicated) "
             f"or --override {key}=0",
         )

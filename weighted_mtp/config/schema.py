@@ -129,6 +129,11 @@ class TrainingConfig:
     # with activation_checkpointing: how many blocks recompute in backward, trunk blocks
     # first (selective checkpointing, less recompute); None = every block
     activation_checkpointing_blocks: int | None = None
+    # regional torch.compile of every trunk and head block (weighted_mtp.training.compile)
+    compile: bool = False
+    # tokens per vocabulary-projection chunk of the head-by-head MTP loss (peak logits
+    # memory: chunk x vocab fp32; weighted_mtp.training.losses)
+    loss_chunk_size: int = 1024
     # critic: host memory (MB) for the frozen trunk's outputs, reused by later epochs and
     # validations instead of a forward (weighted_mtp.training.trunk_cache); 0 = off
     frozen_trunk_cache_mb: float = 0.0
@@ -174,8 +179,13 @@ class RuntimeConfig:
     seed: int = 42
     mixed_precision: bool = True
     amp_dtype: str = "bfloat16"  # bfloat16 (autocast) | float16 (autocast + grad scaler)
-    # data parallelism under torchrun/Slurm: ddp (a replica per rank) | fsdp (FSDP2 shards)
+    # data parallelism under torchrun/Slurm: ddp (a replica per rank) | fsdp (FSDP2 shards
+    # over every rank) | hsdp (FSDP2 shards within a node, replicas across nodes)
     distributed: str = "ddp"
+    # nodes the ranks run on (hsdp: the number of replicas; ranks per node = the shard
+    # group); None = from the launcher's environment (torchrun's WORLD_SIZE /
+    # LOCAL_WORLD_SIZE, Slurm's SLURM_NNODES)
+    nodes: int | None = None
     # memory of one GPU in GB: when set, validation plans the run (weighted_mtp.plan, fake
     # tensors) and fails if it would not fit; None = not checked
     gpu_memory_gb: float | None = None

@@ -7,15 +7,15 @@ listing them all, each naming the field, the bad value and the fix. It runs for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf import DictConfig
 
 from weighted_mtp.config import CONF_DIR, checks, inputs, rules
-from weighted_mtp.errors import UserError
+from weighted_mtp.config.problems import Checker, ConfigValidationError, Problem
+from weighted_mtp.errors import fix
+
+__all__ = ["Checker", "ConfigValidationError", "Problem", "available_stages", "summary", "validate"]
 
 REQUIRED = (
     "experiment.name",
@@ -35,78 +35,6 @@ def available_stages() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 
 
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    value: Any
-    rule: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.field} = {self.value!r}: {self.rule}. Fix: {self.fix}"
-
-
-class ConfigValidationError(UserError):
-    def __init__(self, problems: list[Problem], source: str = "config") -> None:
-        self.problems = problems
-        lines = [f"Config validation failed: {source} ({len(problems)} problem(s))"]
-        lines += [f"  - {p}" for p in problems]
-        super().__init__("\n".join(lines))
-
-
-class Checker:
-    """Collects the problems of one config; the rules (:mod:`.rules`) add to it."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.problems: list[Problem] = []
-
-    def get(self, key: str) -> Any:
-        try:
-            return OmegaConf.select(self.cfg, key, throw_on_missing=True)
-        except MissingMandatoryValue:
-            return None
-        except InterpolationResolutionError as exc:
-            self.add(key, "<interpolation>", f"cannot be resolved ({exc.msg})", "fix the ${...}")
-            return None
-
-    def add(self, key: str, value: Any, rule: str, fix: str) -> None:
-        self.problems.append(Problem(key, value, rule, fix))
-
-    def require(self, key: str, why: str = "is required") -> Any:
-        value = self.get(key)
-        if value is None or value == "":
-            self.add(key, value, why, f"set it, e.g. --override {key}=<value>")
-            return None
-        return value
-
-    def range(self, key: str, ok: bool, rule: str, example: str) -> None:
-        value = self.get(key)
-        if value is not None and not ok:
-            self.add(key, value, f"must satisfy {rule}", f"--override {key}={example}")
-
-    def choice(self, key: str, choices: tuple[str, ...] | list[str]) -> None:
-        value = self.get(key)
-        if value is not None and value not in choices:
-            self.add(
-                key,
-                value,
-                f"must be one of {', '.join(choices)}",
-                f"--override {key}={choices[0]}",
-            )
-
-    def path(self, key: str, what: str) -> None:
-        value = self.get(key)
-        if value and not Path(value).exists():
-            self.add(
-                key,
-                value,
-                f"{what} path does not exist",
-                f"put the files there (python -m weighted_mtp setup creates the local "
-                f"profile's micro assets) or --override {key}=<existing path>",
-            )
-
-
 def validate(
     cfg: DictConfig, *, check_paths: bool = True, source: str = "config", plan: bool = True
 ) -> None:
@@ -121,7 +49,12 @@ def validate(
     stage = c.get("experiment.stage")
     stages = available_stages()
     if stage is not None and stage not in stages:
-        c.add("experiment.stage", stage, f"must be one of {', '.join(stages)}", "stage=baseline")
+        c.add(
+            "experiment.stage",
+            stage,
+            f"must be one of {', '.join(stages)}",
+            fix("stage=baseline") if _hydra() else fix("experiment.stage=baseline"),
+        )
 
     checks.declared(c, cfg, "")
     checks.finite(c)
@@ -143,12 +76,42 @@ def validate(
         if stage == "rho1":
             c.path("models.reference.path", "reference model")
         if stage == "verifiable":
-            c.path("experiment.critic_checkpoint", "critic checkpoint")
+            critic_first(c)
         inputs.paths(c)
     if plan and not c.problems and c.get("runtime.gpu_memory_gb") is not None:
         rules.plan(c)
     if c.problems:
         raise ConfigValidationError(c.problems, source)
+
+
+def _hydra() -> bool:
+    from weighted_mtp.errors import cli_style
+
+    return cli_style() == "hydra"
+
+
+def critic_first(c: Checker) -> None:
+    """The verifiable stage needs a trained critic: say how to train one (not ``setup``)."""
+    key = "experiment.critic_checkpoint"
+    value = c.get(key)
+    if not value or Path(value).exists():
+        return
+    if _hydra():
+        train = "wmtp stage=critic (add the profile and overrides you use for this run)"
+    else:
+        train = (
+            "python -m weighted_mtp train --config <a critic config> (wmtp stage=critic "
+            "--cfg job > critic.yaml writes one)"
+        )
+    c.add(
+        key,
+        value,
+        "no critic checkpoint there: the verifiable stage weights tokens with a trained "
+        "critic, so the critic stage runs first",
+        f"train the critic first: {train}; it writes "
+        "checkpoint.save_dir/checkpoint_best (default storage/checkpoints/critic/"
+        f"critic-pretrain/). Or point to an existing one: {fix(f'{key}=<checkpoint dir>')}",
+    )
 
 
 def summary(cfg: DictConfig) -> str:

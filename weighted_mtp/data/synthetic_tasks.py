@@ -16,7 +16,7 @@ from random import Random
 READ_LIST = "n = int(input())\na = list(map(int, input().split()))\n"
 # Constants in statements have at most two digits: the micro policy has to copy them from
 # the statement into its program, which it learns within setup's pretraining budget for
-# two digits and not for three (README, "The demo").
+# two digits and not for three (docs/comparing.md, "The demo").
 C_MAX = 99
 
 

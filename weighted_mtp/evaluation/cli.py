@@ -123,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
             f"skipped {summary['skipped_long_prompt']} problems whose prompt is longer than "
             f"{summary['max_prompt_tokens']} tokens (listed in summary.json)"
         )
-    print(f"generation: {summary['tokens_per_s']:.0f} tokens/s; results in {cfg.out_dir}")
+    print(f"generation: {summary['tokens_per_s']:.0f} tokens/s")
+    print(f"results in {cfg.out_dir} (results.jsonl, summary.json)", flush=True)
     return 0

@@ -223,6 +223,38 @@ SPEC_METRICS = (
 )
 
 
+def json_safe(obj: Any, key: str = "") -> tuple[Any, list[str]]:
+    """``obj`` with every NaN / infinite float as None (JSON has no NaN: ``NaN`` in a file
+    breaks strict parsers), and the dotted keys that became None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [key]
+    if isinstance(obj, dict):
+        out, nulls = {}, []
+        for k, v in obj.items():
+            out[k], sub = json_safe(v, f"{key}.{k}" if key else str(k))
+            nulls += sub
+        return out, nulls
+    if isinstance(obj, list | tuple):
+        items = [json_safe(v, f"{key}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [n for _, sub in items for n in sub]
+    return obj, []
+
+
+NULL_NOTE = (
+    "null: not defined for this evaluation, e.g. pass@k of a difficulty bin with no "
+    "problems (humaneval has no difficulty levels, so every bin is empty)"
+)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """summary.json's text: strict JSON, with a note naming the fields that are null."""
+    safe, nulls = json_safe(summary)
+    if nulls:
+        safe["null_fields"] = nulls
+        safe["null_note"] = NULL_NOTE
+    return json.dumps(safe, indent=2, allow_nan=False) + "\n"
+
+
 def metrics_of(summary: dict[str, Any], ks: list[int]) -> dict[str, float]:
     """Flat MLflow metrics: eval/pass_at_k overall and per bin (NaN bins left out)."""
     out = {f"eval/pass_at_{k}": summary[f"pass@{k}"] for k in ks}
@@ -287,7 +319,7 @@ def evaluate(
         ]
         with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(json_safe(row)[0], ensure_ascii=False, allow_nan=False) + "\n")
         summary = summarize(rows, cfg.ks, cfg.difficulty_bins)
         if spec:
             totals = speculative_totals(rows)
@@ -307,7 +339,7 @@ def evaluate(
             "data": str(cfg.data),
             "mlflow_run_id": tracker.run_id,
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "summary.json").write_text(summary_json(summary))
         tracker.log_metrics(metrics_of(summary, cfg.ks), step=0)
         tracker.log_artifact(out / "summary.json")
         tracker.log_artifact(out / "results.jsonl")

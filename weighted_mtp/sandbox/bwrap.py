@@ -275,7 +275,8 @@ class BwrapIsolation(Isolation):
     def _advice(cause: str) -> str:
         return (
             f"isolation=bwrap: {cause}. Install bubblewrap (Debian/Ubuntu: apt-get install "
-            "bubblewrap) and allow unprivileged user namespaces (README: Security model); or "
+            "bubblewrap) and allow unprivileged user namespaces (docs/evaluation.md: Security "
+            "model); or "
             "pass --isolation none / set evaluation.isolation=none to run programs without "
             "OS-level isolation (unsafe for untrusted code)"
         )

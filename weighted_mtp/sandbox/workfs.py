@@ -7,7 +7,7 @@ mount (root with CAP_SYS_ADMIN, the usual case for a dedicated evaluation host o
 container), every run gets its own host tmpfs ``size=...,nr_inodes=...`` owned by the
 sandbox uid, bound into the sandbox as ``/work`` and lazily unmounted when the run ends
 (left-overs of a killed evaluator are unmounted by the next one, see ``sweep``). Otherwise
-bwrap's own ``--size`` tmpfs is used and inodes are bounded only by the timeout (README:
+bwrap's own ``--size`` tmpfs is used and inodes are bounded only by the timeout (docs/evaluation.md:
 Security model).
 """
 

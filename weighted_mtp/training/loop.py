@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from weighted_mtp.models.tokenizer import Tokenizer, config_tokenizer_path, load
 from weighted_mtp.progress import Progress
 from weighted_mtp.tracking import create_tracker
 from weighted_mtp.tracking.base import Tracker
+from weighted_mtp.training import compile as speed
 from weighted_mtp.training.checkpoint import Checkpointer
 from weighted_mtp.training.optim import build_optimizer, build_scheduler
 from weighted_mtp.training.parallel import Replicated
@@ -103,7 +105,7 @@ def _train(
     seed_everything(cfg.runtime.seed)
     amp = amp_dtype(cfg.runtime.mixed_precision, cfg.runtime.amp_dtype)
     tokenizer = load_tokenizer(config_tokenizer_path(cfg))
-    parallel = build_parallel(cfg.runtime.distributed, info, device, amp)
+    parallel = build_parallel(cfg.runtime.distributed, info, device, amp, nodes=cfg.runtime.nodes)
     # the stage sees the policy's shape (meta device); its weights come once the dtype
     # (trained or frozen) is known, each rank reading only what it holds
     reader = CheckpointReader(cfg.models.policy.path)
@@ -114,6 +116,7 @@ def _train(
     )
     task = build_task(cfg, model, tokenizer, device)
     task.check_inputs()
+    speed.apply(t_cfg, model, task)  # training.compile, loss_chunk_size: before sharding
     adapters = lora.config_of(cfg)
     prepare_policy(model, task, adapters is not None)
     parallel.load(model, reader)
@@ -179,10 +182,11 @@ def _train(
             ) from None
         totals = res.totals
         step_tokens = totals["tokens"]
+        step_lr = scheduler.get_last_lr()[0]  # the lr this step trained with
         scheduler.step()
         step += 1
         tokens += step_tokens
-        metrics = _step_metrics(totals, task, res.grad_norm, scheduler, sampler)
+        metrics = _step_metrics(totals, task, res.grad_norm, step_lr, sampler)
         weights.add(totals, metrics)
         metrics["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.update(1, _status(metrics))
@@ -214,7 +218,15 @@ def _train(
     result = {"step": step, **metrics, **val, "best_val_loss": saver.best}
     if info.is_main:
         print(f"{cfg.experiment.stage} done: step {step}/{plan.total_steps} {_fmt(result)}")
-        print(f"  checkpoints: {saver.save_dir}", flush=True)
+        print(f"  checkpoints: {saver.save_dir}" + (f" (final: {final})" if final else ""))
+        run_id = getattr(tracker, "run_id", None)
+        if run_id:
+            uri, exp = getattr(tracker, "tracking_uri", ""), getattr(tracker, "experiment", "")
+            print(f"  MLflow run: {run_id} (experiment {exp!r} at {uri})")
+        else:
+            off = "" if cfg.mlflow.tracking_uri else " (mlflow.tracking_uri is empty)"
+            print(f"  MLflow: not tracked{off}")
+        sys.stdout.flush()
     if weights.steps:
         result["weight_summary"] = weights.summary()
         tracker.log_dict(result["weight_summary"], "weight_summary.json")
@@ -226,11 +238,11 @@ def _validate(validator: Validator, model: MTPTransformer, parallel: Replicated)
         return validator.run()
 
 
-def _step_metrics(totals: dict, task: Task, grad_norm, scheduler, sampler) -> dict[str, float]:
+def _step_metrics(totals: dict, task: Task, grad_norm, lr: float, sampler) -> dict[str, float]:
     m = {
         "train/loss": totals["loss"],
         "train/grad_norm": float(grad_norm),
-        "train/lr": scheduler.get_last_lr()[0],
+        "train/lr": lr,
         "train/epoch": float(sampler.epoch),
     }
     if "mtp_loss" in totals:

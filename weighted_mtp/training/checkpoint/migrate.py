@@ -129,9 +129,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--out", default=None, help="output directory (default: OLD without .pt)")
 
 
+def _checkpoints_inside(path: Path) -> list[Path]:
+    """The checkpoints directly inside ``path`` when it is a save dir (not a checkpoint)."""
+    from weighted_mtp.training.checkpoint.reader import is_checkpoint
+
+    if not path.is_dir() or is_checkpoint(path):
+        return []
+    return sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_checkpoint(p))
+
+
+def _verify_save_dir(path: Path, inside: list[Path]) -> int:
+    """Verify every checkpoint of a save dir, one line each; a bad one fails the command."""
+    bad = []
+    print(f"{path}: a save dir with {len(inside)} checkpoint(s)")
+    for p in inside:
+        try:
+            ck = Checkpoint(p)
+            ck.manifest.verify_all()
+            print(f"  ok: {p.name} ({ck.stage}, step {ck.step}, {len(ck.manifest.files)} files)")
+        except CheckpointError as exc:
+            bad.append(p.name)
+            print(f"  FAILED: {p.name}: {exc}")
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} of {len(inside)} checkpoint(s) failed verification "
+            f"({', '.join(bad)}; see above). Fix: resume from a verified one "
+            "(checkpoint.resume=auto skips the bad ones) or delete them"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if args.action == "verify":
+        inside = _checkpoints_inside(path)
+        if inside:
+            return _verify_save_dir(path, inside)
         ck = Checkpoint(path)
         ck.manifest.verify_all()
         print(f"ok: {path} ({ck.stage}, step {ck.step}, {len(ck.manifest.files)} files verified)")
