@@ -268,7 +268,9 @@ def train(*ovs: str, data: Callable[[Env], Path] | None = None, expect: list[str
         extra = list(ovs)
         if data is not None:
             p = data(e)
-            extra.append(f"dataset.train={p}")
+            # a fresh run on other data: not the module run's save dir (that would be refused
+            # as another run's checkpoints before the data is read)
+            extra += [f"dataset.train={p}", f"checkpoint.save_dir={p.parent / ('run-' + p.stem)}"]
             expect_ = [x.format(file=p) for x in expect]
         else:
             expect_ = expect

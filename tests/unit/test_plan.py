@@ -45,7 +45,9 @@ def test_plan_command_json(tmp_path: Path, shape_dir: Path, capsys) -> None:
         assert out[key] > 0
     assert out["tokens_per_step"] == 2 * 1 * 2 * 64  # batch x accumulation x gpus x length
     assert out["flops_per_step"] > 0
-    for name in ("parameters", "gradients", "optimizer state", "logits chunks", "value head"):
+    # (no "logits chunks": the chunk's one in-place CE buffer is freed before the trunk's
+    # backward, this tiny model's peak; test_plan_memory.py checks the totals vs a real run)
+    for name in ("parameters", "gradients", "optimizer state", "value head"):
         assert out["components"][name] > 0, name
 
 
