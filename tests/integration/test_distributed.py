@@ -133,7 +133,12 @@ def test_step_wide_control_and_td_normalisation_equal_across_layouts(
     """The other step-wide weightings: rho1_control's random k% and the TD weighting's
     per-step advantage normalisation see the whole step, so batch 4, 2 micro-batches of 2
     and 2 ranks of 2 train the same weights."""
-    critic = make_cfg("critic", "training.learning_rate=1e-2", f"checkpoint.save_dir={tmp_path}/c")
+    critic = make_cfg(
+        "critic",
+        "training.learning_rate=1e-2",
+        "models.value_head.type=linear",
+        f"checkpoint.save_dir={tmp_path}/c",
+    )
     app.run(critic)
     common = [
         "data_sampling.n_samples=8",

@@ -165,7 +165,8 @@ def test_every_stage_fsdp_equals_one_process(make_cfg, tmp_path: Path) -> None:
 
     critic_ckpt = f"experiment.critic_checkpoint={tmp_path}/critic/checkpoint_final"
     # rho1's default selection scope is the whole step over all ranks: 1 process is a peer
-    stages = (("critic", []), ("verifiable", [critic_ckpt]), ("rho1", []))
+    no_cache = ["training.frozen_trunk_cache_mb=0"]  # the local critic recipe's: replicated only
+    stages = (("critic", no_cache), ("verifiable", [critic_ckpt]), ("rho1", []))
     for stage, extra in stages:
         app.run(cfg(stage, stage, *extra))
     # the three 2-rank runs in one torchrun launch (`train` for each, in order)

@@ -106,7 +106,10 @@ def test_every_stage_hsdp_on_two_nodes_equals_one_process(make_cfg, tmp_path: Pa
     periodic = ["checkpoint.save_checkpoint_every=0.5"]  # after step 1 of 2
     stages = (
         ("baseline", periodic),
-        ("critic", []),
+        (
+            "critic",
+            ["training.frozen_trunk_cache_mb=0"],
+        ),  # the local recipe's cache: replicated only
         ("verifiable", [critic_ckpt]),
         ("rho1", []),
     )

@@ -80,7 +80,8 @@ def test_lora_checkpoint_reloads_merges_evaluates_decodes_exports(make_cfg, tmp_
 
 def test_verifiable_and_rho1_train_adapters(make_cfg, tmp_path) -> None:
     small = ["training.learning_rate=1e-2", "data_sampling.n_samples=4"]
-    critic_cfg = make_cfg("critic", *small)  # LoRA trains no critic: the policy is frozen
+    # LoRA trains no critic (the policy is frozen); the linear head the verifiable run uses
+    critic_cfg = make_cfg("critic", *small, "models.value_head.type=linear")
     app.run(critic_cfg)
     critic = final(critic_cfg)
     head = ckpt.load_value_head(critic)

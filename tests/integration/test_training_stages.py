@@ -51,7 +51,7 @@ def test_training_lowers_the_loss(make_cfg) -> None:
 
 
 def test_critic_then_verifiable(make_cfg) -> None:
-    critic = make_cfg("critic", "training.learning_rate=1e-2")
+    critic = make_cfg("critic", "training.learning_rate=1e-2", "models.value_head.type=linear")
     res = app.run(critic)
     assert "val/auroc" in res and math.isfinite(res["val/value_loss"])
     state = final_state(critic)

@@ -80,7 +80,7 @@ MEANINGS: dict[str, str] = {
     "training.eval_samples": "> 0; validation records per evaluation (stages with a value head: stratified by label, at least one of each)",
     "training.activation_checkpointing": "recompute block activations in backward",
     "training.activation_checkpointing_blocks": ">= 0; with activation_checkpointing: how many blocks recompute, trunk blocks first (null: every block)",
-    "training.compile": "regional `torch.compile` of every trunk and head block (`training/compile.py`)",
+    "training.compile": "regional `torch.compile` (inductor) of every trunk and head block, one graph shared by all, applied before FSDP2 shards and composed with activation checkpointing; the embeddings, the chunked loss and decoding stay eager, and so does the rho1 reference (a Hugging Face model scored once); equal to eager within 1e-4 (tests, every stage and weighting)",
     "training.loss_chunk_size": "> 0; tokens per vocabulary-projection chunk of the head-by-head MTP loss (peak logits memory: chunk x vocab float32)",
     "training.gamma": "0 < gamma <= 1; TD discount (critic targets, verifiable TD error)",
     "training.lam": "0..1; TD(lambda) for value targets (1 = Monte-Carlo R)",
