@@ -140,3 +140,14 @@ def test_weighting_group_picks_a_control_and_nothing_else() -> None:
         }
     rho1 = compose(["stage=rho1", "weighting=rho1_control", "training.k_percent=0.4"])
     assert rho1.weighting.k_percent == 0.4  # the control follows the stage's k
+
+
+def test_local_critic_recipe_applies_to_the_local_critic_only() -> None:
+    critic = compose(["stage=critic", "profile=local"])
+    assert critic.models.value_head.type == "prefix_max" and critic.training.n_epochs == 30
+    assert critic.training.frozen_trunk_cache_mb == 512
+    assert compose(["stage=critic", "profile=local", "training.n_epochs=2"]).training.n_epochs == 2
+    baseline = compose(["stage=baseline", "profile=local"])
+    assert baseline.training.n_epochs != 30 and baseline.training.frozen_trunk_cache_mb == 0
+    cluster = compose(["stage=critic", "profile=vessl"])
+    assert cluster.training.n_epochs != 30 and cluster.training.frozen_trunk_cache_mb == 0
