@@ -33,6 +33,7 @@ Writes ``compare.md`` (the tables), ``compare.json`` and ``compare.png`` into ``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -211,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "compare.md").write_text(md)
     (out / "compare.json").write_text(json.dumps(res, indent=2) + "\n")
     written = ["compare.md", "compare.json"]
-    if res["stages"]:
+    if res["stages"] and importlib.util.find_spec("matplotlib") is None:
+        print("compare.png skipped: matplotlib is not installed (pip install -e '.[compare]')")
+    elif res["stages"]:
         plot(res, out / "compare.png")
         written.append("compare.png")
     if args.mlflow_uri:
