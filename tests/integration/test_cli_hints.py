@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, storage_overrides
 
 WMTP = [str(Path(sys.executable).with_name("wmtp"))]
 SEED = [sys.executable, "-m", "weighted_mtp"]
@@ -25,6 +25,7 @@ def user_error(out: subprocess.CompletedProcess[str]) -> str:
 
 
 def seed_file(tmp_path: Path, *args: str) -> Path:
+    """The flat config ``wmtp ... --cfg job`` prints (paths: pass storage_overrides)."""
     out = run([*WMTP, *args, "--cfg", "job"])
     assert out.returncode == 0, out.stderr
     f = tmp_path / "config.yaml"
@@ -58,14 +59,14 @@ def test_validation_fixes_in_each_cli(tmp_path) -> None:
     assert "Fix: --override training.batch_size=8" in user_error(out)
 
 
-def test_tilde_resets_a_field_to_its_default(tmp_path) -> None:
+def test_tilde_resets_a_field_to_its_default(tmp_path, micro_storage) -> None:
     out = run([*WMTP, "~checkpoint.save_total_limit", "--cfg", "job"])
     assert out.returncode == 0, out.stderr
     assert "save_total_limit: 2" in out.stdout  # the schema's default
     err = user_error(run([*WMTP, "~training.n_epochs", "--cfg", "job"]))
     assert "training.n_epochs is required" in err and "Fix: set it instead" in err
 
-    f = seed_file(tmp_path, "checkpoint.save_total_limit=5")
+    f = seed_file(tmp_path, "checkpoint.save_total_limit=5", *storage_overrides(micro_storage))
     out = run(
         [*SEED, "validate-config", "--config", str(f), "--override", "~training.log_interval"]
     )
@@ -77,13 +78,16 @@ def test_sweep_with_cfg_is_a_user_error() -> None:
     assert "-m (a sweep) and --cfg cannot be combined" in err
 
 
-def test_verifiable_without_critic_says_train_the_critic(tmp_path) -> None:
+def test_verifiable_without_critic_says_train_the_critic(tmp_path, micro_storage) -> None:
     missing = f"experiment.critic_checkpoint={tmp_path}/no-critic"
-    out = run([*WMTP, "stage=verifiable", missing, f"hydra.run.dir={tmp_path}/run"], cwd=REPO)
+    paths = storage_overrides(micro_storage)
+    out = run(
+        [*WMTP, "stage=verifiable", missing, *paths, f"hydra.run.dir={tmp_path}/run"], cwd=REPO
+    )
     err = user_error(out)
     assert "train the critic first: wmtp stage=critic" in err
     assert "setup" not in err
 
-    f = seed_file(tmp_path, "stage=verifiable")
+    f = seed_file(tmp_path, "stage=verifiable", *paths)
     err = user_error(run([*SEED, "validate-config", "--config", str(f), "--override", missing]))
     assert "train the critic first: python -m weighted_mtp train --config" in err

@@ -32,8 +32,6 @@ from weighted_mtp.data.records import (
 from weighted_mtp.errors import UserError
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-STORAGE = REPO / "storage"
-SHIPPED = sorted((STORAGE / "datasets").rglob("*.jsonl"))
 
 
 def rec(i: int, task_id: str | None = None, n_tests: int = 1, instruction: str = "") -> dict:
@@ -129,13 +127,13 @@ def test_huge_record_is_skipped_with_skip_invalid(huge: Path, capsys) -> None:
     index_path(huge).unlink()
 
 
-def test_huge_record_exits_2_before_training(huge: Path, tmp_path: Path) -> None:
+def test_huge_record_exits_2_before_training(
+    huge: Path, tmp_path: Path, micro_storage: Path
+) -> None:
     """``train`` refuses the file when it indexes it, before any step (and before any
     record reaches the tokenizer)."""
-    model = STORAGE / "models" / "micro-mtp"
-    data = STORAGE / "datasets" / "synthetic" / "processed"
-    if not (model / "params.json").is_file() or not (data / "valid.jsonl").is_file():
-        pytest.skip("micro assets not in storage/ (python -m weighted_mtp setup)")
+    model = micro_storage / "models" / "micro-mtp"
+    data = micro_storage / "datasets" / "synthetic" / "processed"
     res = subprocess.run(
         [sys.executable, "-m", "weighted_mtp.cli", "stage=baseline", "profile=local",
          f"models.policy.path={model}", f"models.policy.tokenizer_path={model / 'tokenizer'}",
@@ -200,12 +198,15 @@ def test_writer_refuses_duplicates_and_writes_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".w.jsonl.*"))  # no temp file left
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(STORAGE)))
-def test_shipped_data_passes_every_check(path: Path, tmp_path: Path) -> None:
-    copy = tmp_path / path.name
-    copy.write_bytes(path.read_bytes())
-    idx = build_index(copy)
-    assert len(idx) == sum(1 for line in path.read_bytes().splitlines() if line.strip())
+def test_shipped_data_passes_every_check(tmp_path: Path, micro_storage: Path) -> None:
+    """Every data file `setup` builds passes the caps and has unique task_ids."""
+    shipped = sorted((micro_storage / "datasets").rglob("*.jsonl"))
+    assert shipped
+    for path in shipped:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        idx = build_index(copy)
+        assert len(idx) == sum(1 for line in path.read_bytes().splitlines() if line.strip())
 
 
 # ---- 3. tests per record ----------------------------------------------------------
