@@ -123,6 +123,7 @@ def test_write_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = parser.parse_args(["humaneval", "--out", str(tmp_path / "he")])
     assert prepare.run(args) == 0
     assert len(list(read_records(tmp_path / "he/test.jsonl"))) == 164
+    assert "humaneval: 164 problems ->" in capsys.readouterr().out
 
 
 def test_humaneval_has_164_problems_with_tests() -> None:

@@ -100,8 +100,10 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _humaneval(args: argparse.Namespace) -> int:
+    from weighted_mtp.data.index import Index
+
     path = humaneval.write_humaneval(args.out)
-    print(f"wrote HumanEval to {path}")
+    print(f"humaneval: {len(Index.for_jsonl(path))} problems -> {path}")
     return 0
 
 
