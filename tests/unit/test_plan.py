@@ -39,8 +39,11 @@ def test_plan_command_json(tmp_path: Path, shape_dir: Path, capsys) -> None:
     f = tmp_path / "config.yaml"
     OmegaConf.save(_cfg("stage=verifiable", policy=shape_dir), f)
     code = main(["plan", "--config", str(f), "--gpus", "2", "--gpu-memory-gb", "1000", "--json"])
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert code == 0 and out["fits"] is True and out["gpu_memory_gb"] == 1000
+    assert "plan: simulating one rank of stage verifiable on 2 GPU(s)" in captured.err
+    assert "file a bug" not in captured.err
     for key in ("per_gpu_peak_gb", "host_ram_gb_per_node", "tokens_per_step", "step_time_s"):
         assert out[key] > 0
     assert out["tokens_per_step"] == 2 * 1 * 2 * 64  # batch x accumulation x gpus x length

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -287,6 +288,8 @@ def find_fix(
     micro-batches with more accumulation (the same effective batch)."""
 
     def plan_of(change: dict[str, object]) -> Plan:
+        kv = " ".join(f"{k}={v}" for k, v in change.items())
+        print(f"plan: does not fit; trying {kv} ...", file=sys.stderr, flush=True)
         return make_plan(_with(cfg, change), machine, policy_shape, reference_shape, fix=False)
 
     def text(change: dict[str, object], plan: Plan) -> str:

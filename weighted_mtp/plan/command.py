@@ -18,6 +18,7 @@ errors.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -145,6 +146,12 @@ def plan_and_print(cfg: DictConfig, args: argparse.Namespace) -> int:
 
     machine = machine_from(args, cfg)
     validate(cfg, check_paths=False, plan=False)
+    print(
+        f"plan: simulating one rank of stage {cfg.experiment.stage} on {machine.gpus} GPU(s) "
+        "with fake tensors (about a minute on a laptop CPU) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     plan: Plan = make_plan(cfg, machine, args.policy_shape, args.reference_shape)
     print(plan.to_json() if args.json else plan.to_text(), flush=True)
     return DOES_NOT_FIT_EXIT_CODE if plan.fits is False else 0
