@@ -24,7 +24,7 @@ import torch.distributed as tdist
 import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.dcp import SafeReader, is_dcp, read_params, tensor_shapes
@@ -122,17 +122,18 @@ def _dtype(st_slice) -> torch.dtype:
 
 
 def local_rows(param: Tensor) -> tuple[int, int]:
-    """The rows ``[start, stop)`` of the full parameter that this rank holds."""
+    """The rows ``[start, stop)`` of the full parameter that this rank holds: any mesh
+    whose placements are ``Shard(0)`` or ``Replicate`` (FSDP's 1-D mesh, HSDP's
+    ``(replicate, shard)``), read from the DTensor's own chunk offsets."""
     rows = param.shape[0]
     if not isinstance(param, DTensor):
         return 0, rows
-    placements = param.placements
-    if len(placements) != 1 or placements[0] != Shard(0):
-        raise NotImplementedError(f"sharded loading supports Shard(0) only, not {placements}")
-    mesh = param.device_mesh
-    chunk = -(-rows // mesh.size())
-    start = min(mesh.get_local_rank() * chunk, rows)
-    return start, min(start + chunk, rows)
+    if any(p != Shard(0) and not isinstance(p, Replicate) for p in param.placements):
+        raise NotImplementedError(
+            f"sharded loading supports Shard(0) / Replicate only, not {param.placements}"
+        )
+    start = min(int(param.__create_chunk_list__()[0].offsets[0]), rows)
+    return start, start + param.to_local().shape[0]
 
 
 @torch.no_grad()

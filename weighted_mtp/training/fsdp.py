@@ -64,7 +64,6 @@ from torch.distributed.tensor.experimental import implicit_replication
 
 from weighted_mtp.errors import UserError
 from weighted_mtp.models.mtp import MTPTransformer
-from weighted_mtp.models.reader import CheckpointReader
 
 
 def trunk_units(model: MTPTransformer) -> list[nn.Module]:
@@ -158,20 +157,6 @@ def shard(
 
 
 @torch.no_grad()
-def load_local_chunks(model: nn.Module, reader: CheckpointReader) -> None:
-    """Fill a materialised sharded ``model`` from ``reader`` (any mesh: a DTensor's local
-    chunk is rows ``[offset, offset + local rows)`` of dim 0): each rank reads its rows."""
-    for name, p in model.named_parameters():
-        if not isinstance(p, DTensor):
-            p.copy_(reader.rows(name, 0, p.shape[0]))
-            continue
-        local = p.to_local()
-        if local.numel() == 0:
-            continue
-        start = int(p.__create_chunk_list__()[0].offsets[0])
-        local.copy_(reader.rows(name, start, start + local.shape[0]))
-
-
 def lazy_init(model: MTPTransformer, device: torch.device) -> None:
     """Initialise FSDP from the root (one no-grad forward of one token), then reshard.
 

@@ -75,17 +75,18 @@ class Sharded(Replicated):
     (a value head) are replicated and summed as in :class:`Replicated`."""
 
     sharded = True
+    nodes: int | None = None  # HybridSharded: the replicas (None: one mesh over every rank)
 
     def load(self, model: MTPTransformer, reader: CheckpointReader) -> None:
         """Shard the meta-device model, then read only this rank's rows of every
         parameter from the memory-mapped checkpoint (no rank holds a full copy)."""
-        fsdp.shard(model, self.device, self.info.world_size, self.amp)
+        self.prepare(model)
         model.to_empty(device=self.device)
         load_weights(model, reader)
         fsdp.lazy_init(model, self.device)
 
     def prepare(self, model: MTPTransformer) -> None:
-        fsdp.shard(model, self.device, self.info.world_size, self.amp)
+        fsdp.shard(model, self.device, self.info.world_size, self.amp, self.nodes)
 
     def micro_batch(self, model: MTPTransformer) -> contextlib.AbstractContextManager:
         return fsdp.micro_batch(model)
@@ -116,20 +117,6 @@ class HybridSharded(Sharded):
         super().__init__(info, device, amp)
         self.nodes = dist.node_count(info, nodes)
         fsdp.check_nodes(info.world_size, self.nodes)
-
-    def load(self, model: MTPTransformer, reader: CheckpointReader) -> None:
-        """As :meth:`Sharded.load`: each rank reads only its own chunk of every parameter
-        (the same rows on every node)."""
-        fsdp.shard(model, self.device, self.info.world_size, self.amp, self.nodes)
-        model.to_empty(device=self.device)
-        if reader.dcp:  # dcp.load fills any mesh's DTensors
-            load_weights(model, reader)
-        else:
-            fsdp.load_local_chunks(model, reader)
-        fsdp.lazy_init(model, self.device)
-
-    def prepare(self, model: MTPTransformer) -> None:
-        fsdp.shard(model, self.device, self.info.world_size, self.amp, self.nodes)
 
 
 #: ``runtime.distributed`` -> its parallelism over several processes (one process: Replicated)
