@@ -105,6 +105,17 @@ def micro_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: a sweep job's tiny budget on the micro assets: 4 steps of batch 2 (`wmtp -m` tests)
+SWEEP_TINY = [
+    "data_sampling.n_samples=8",
+    "training.n_epochs=1",
+    "training.batch_size=2",
+    "training.eval_samples=4",
+    "dataset.max_length=160",
+    "checkpoint.save_checkpoint_every=0",
+]
+
+
 def storage_overrides(root: Path) -> list[str]:
     """Overrides that point the local profile at micro assets under ``root``."""
     data = root / "datasets" / "synthetic" / "processed"

@@ -11,19 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import storage_overrides
+from tests.conftest import SWEEP_TINY, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
 from weighted_mtp.__main__ import main
 
 BIN = Path(sys.executable).parent
-TINY = [  # as tests/integration/test_sweeps.py: 4 steps of batch 2
-    "data_sampling.n_samples=8",
-    "training.n_epochs=1",
-    "training.batch_size=2",
-    "training.eval_samples=4",
-    "dataset.max_length=160",
-    "checkpoint.save_checkpoint_every=0",
-]
 
 
 def _run(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -45,7 +37,7 @@ def test_compare_a_training_sweep_and_its_eval_sweep(micro_storage: Path, tmp_pa
         "-m",
         "stage=rho1",
         "training.k_percent=0.4,0.8",
-        *TINY,
+        *SWEEP_TINY,
         *storage_overrides(micro_storage),
         "mlflow.tracking_uri=",
     )

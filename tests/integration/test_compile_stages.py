@@ -36,6 +36,7 @@ from weighted_mtp.training.task import Task, denominators, micro_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed import free_port  # noqa: E402
+from test_fsdp import plain_batch  # noqa: E402
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -173,7 +174,7 @@ def _fsdp_worker(out_path: str) -> None:
         ids = torch.randint(0, 64, (1, 10), generator=g)
         labels = ids.clone()
         labels[:, 7 if i % 2 else 10 :] = -100
-        batches.append(_fsdp_batch(ids, labels))
+        batches.append(plain_batch(ids, labels))
     cpu = torch.device("cpu")
     results = {}
     for name, compiled, par in (
@@ -214,23 +215,6 @@ def _fsdp_worker(out_path: str) -> None:
         )
     tdist.barrier()
     tdist.destroy_process_group()
-
-
-def _fsdp_batch(ids: torch.Tensor, labels: torch.Tensor):
-    from weighted_mtp.data.collate import Batch
-
-    b, s = ids.shape
-    return Batch(
-        input_ids=ids,
-        attention_mask=torch.ones(b, s, dtype=torch.bool),
-        labels=labels,
-        response_mask=labels != -100,
-        reward=torch.ones(b),
-        is_correct=torch.ones(b, dtype=torch.bool),
-        difficulty=torch.zeros(b, dtype=torch.long),
-        record_ids=torch.full((b,), -1),
-        task_ids=["t"] * b,
-    )
 
 
 if __name__ == "__main__":

@@ -222,7 +222,8 @@ def test_reduce_scatter_per_micro_batch(tmp_path: Path) -> None:
 # --- worker (torchrun) ---------------------------------------------------------------------
 
 
-def _batch(ids: torch.Tensor, labels: torch.Tensor):
+def plain_batch(ids: torch.Tensor, labels: torch.Tensor):
+    """A Batch of ``ids``/``labels`` rows: correct records, no padding, unknown ids."""
     from weighted_mtp.data.collate import Batch
 
     b, s = ids.shape
@@ -250,7 +251,7 @@ def _global_batches(step: int, vocab: int) -> list:
         labels = ids.clone()
         if i % 2:
             labels[:, 2 if i == 3 else 6 :] = -100
-        out.append(_batch(ids, labels))
+        out.append(plain_batch(ids, labels))
     return out
 
 

@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import storage_overrides
+from tests.conftest import SWEEP_TINY, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
 from tests.helpers.slurm import LocalSlurm, SlurmUnavailable
 
 pytestmark = pytest.mark.slow
 
 WMTP = str(Path(sys.executable).with_name("wmtp"))
-TINY = [
-    "data_sampling.n_samples=8",
-    "training.n_epochs=1",
-    "training.batch_size=2",
-    "training.eval_samples=4",
-    "dataset.max_length=160",
-    "checkpoint.save_checkpoint_every=0",
-]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +50,7 @@ def test_sweep_on_slurm(slurm: LocalSlurm, micro_storage: Path, tmp_path: Path) 
             "hydra/launcher=slurm_local",
             "stage=baseline",
             "training.learning_rate=1e-4,2e-4",
-            *TINY,
+            *SWEEP_TINY,
             *storage_overrides(micro_storage),
         ],
         cwd=tmp_path,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO, storage_overrides
+from tests.conftest import REPO, SWEEP_TINY, storage_overrides
 from tests.helpers.servers import OFFLINE_ENV
 from weighted_mtp.config import CONF_DIR
 from weighted_mtp.config.schema import register_schema
@@ -22,21 +22,13 @@ from weighted_mtp.sweep import naming, summary
 from weighted_mtp.sweep import results as job_results
 
 WMTP = str(Path(sys.executable).with_name("wmtp"))
-TINY = [
-    "data_sampling.n_samples=8",
-    "training.n_epochs=1",
-    "training.batch_size=2",
-    "training.eval_samples=4",
-    "dataset.max_length=160",
-    "checkpoint.save_checkpoint_every=0",
-]
 
 
 def run_sweep(cwd: Path, storage: Path, *args: str, timeout: int = 240):
     """Run ``wmtp -m <args> <tiny overrides>`` in ``cwd``; return (process, sweep dir)."""
     env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
     out = subprocess.run(
-        [WMTP, "-m", *args, *TINY, *storage_overrides(storage)],
+        [WMTP, "-m", *args, *SWEEP_TINY, *storage_overrides(storage)],
         cwd=cwd,
         env=env,
         capture_output=True,
